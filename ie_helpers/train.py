@@ -1,0 +1,311 @@
+"""LoRA supervised fine-tuning through TRL's SFTTrainer + peft, with a cache of finished runs.
+
+Every finished run is stored under ``.cache/runs/<key>/`` where the key hashes the model's
+weights fingerprint, the exact training records, every hyperparameter and the package
+versions; asking for the same run again loads the adapter instead of training.
+
+The fast CPU path (see ``fast_settings``) differs from TRL's defaults only in how the
+arithmetic is done, not in what is learned: no gradient checkpointing, frozen base weights
+stored in bf16 where the CPU has native bf16 (adapters stay fp32), length-grouped batches so
+little compute is spent on padding, and the LM head evaluated only on completion tokens
+(TRL's fused head, active with completion-only loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ie_helpers import __version__
+from ie_helpers.errors import IEError
+from ie_helpers.models import cache_dir, load_causal_lm, resolve_model
+
+
+@dataclass
+class LoraSettings:
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    loraplus_ratio: float | None = None  # LoRA+: lr of B = ratio × lr of A (peft's create_loraplus_optimizer)
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "linear"
+    max_length: int = 512
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 where native), "bf16", "fp32"
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    # CPU bf16 kernels are rebuilt for every new tensor shape (~7 s each on this 2-core box);
+    # padding lengths to a multiple keeps the set of shapes small. 0 = pad to the longest only.
+    pad_to_multiple_of: int = 64
+    completion_head_only: bool = True  # LM head + loss only on completion tokens (same loss, less compute)
+    full_finetune: bool = False  # train every weight instead of a LoRA adapter
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSettings":
+        d = dict(d)
+        lora = LoraSettings(**d.pop("lora", {}))
+        valid = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - valid)
+        if bad:
+            raise IEError(f"unknown training setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+        return cls(lora=lora, **d)
+
+
+@dataclass
+class TrainResult:
+    key: str
+    run_dir: Path
+    cached: bool
+    train_seconds: float
+    train_tokens: int
+    log_history: list[dict]
+    settings: dict
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds else float("nan")
+
+    @property
+    def final_loss(self) -> float:
+        losses = [h["loss"] for h in self.log_history if "loss" in h]
+        return losses[-1] if losses else float("nan")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    import torch
+
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision not in {"bf16", "fp32"}:
+        raise IEError(f"unknown precision '{precision}': use auto, bf16 or fp32")
+    return precision
+
+
+def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings) -> str:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    payload = {
+        "model": model_fingerprint,
+        "records": records,
+        "settings": dataclasses.asdict(settings),
+        "versions": [__version__, trl.__version__, peft.__version__, transformers.__version__,
+                     torch.__version__.split("+")[0]],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _completion_head_trainer_class():
+    """SFTTrainer whose LM head and loss run only on completion-token positions.
+
+    TRL's fused head compacts to labelled positions only on Triton devices; on CPU it projects
+    every position through the 49k-word head and backpropagates through a Python tile loop.
+    Here the backbone runs once and only the hidden states that predict a completion token go
+    through the head: the same loss (sum of token NLL / number of completion tokens), fewer FLOPs.
+    """
+    import torch
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class CompletionHeadSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            causal_lm = getattr(causal_lm, "module", causal_lm)
+            backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+            kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            hidden = backbone(**kwargs, use_cache=False).last_hidden_state[:, :-1]
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+            targets = labels[mask]
+            num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = F.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            mode = "train" if model.training else "eval"
+            with torch.no_grad():
+                correct = (logits.argmax(-1) == targets).sum()
+                n_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
+                n_correct = self.accelerator.gather_for_metrics(correct).sum()
+                self._metrics[mode]["mean_token_accuracy"].append((n_correct / n_valid.clamp(min=1)).item())
+            return loss
+
+    return CompletionHeadSFTTrainer
+
+
+def _peft_config(lora: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
+    from trl import SFTConfig
+
+    import torch
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=settings.lr,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        max_grad_norm=settings.max_grad_norm,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of total steps
+        lr_scheduler_type=settings.lr_scheduler,
+        max_length=settings.max_length,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=settings.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        completion_only_loss=True,
+        pad_to_multiple_of=settings.pad_to_multiple_of or None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def prepare_model(model_name: str, settings: TrainSettings, precision: str):
+    """Base model for training: frozen weights in bf16 when training in bf16 (adapters are kept fp32 by peft)."""
+    import torch
+
+    frozen_dtype = torch.bfloat16 if precision == "bf16" and not settings.full_finetune else torch.float32
+    model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype)
+    tokenizer.padding_side = "right"
+    return model, tokenizer, resolved
+
+
+def count_tokens(trainer) -> int:
+    """Non-padding tokens the trainer will process per epoch (prompt + completion)."""
+    ds = trainer.train_dataset
+    return int(sum(len(ids) for ids in ds["input_ids"]))
+
+
+def train_sft(model_name: str, records: list[dict], settings: TrainSettings | dict, *,
+              callbacks=None, use_cache: bool = True, log=print) -> TrainResult:
+    """Train (or load from cache) a LoRA adapter on prompt–completion records.
+
+    ``records`` are ``{"prompt": [...messages], "completion": [...messages]}`` dicts
+    (``tasks.to_prompt_completion``). Extra keys are ignored for training but hashed.
+    """
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    if isinstance(settings, dict):
+        settings = TrainSettings.from_dict(settings)
+    if not records:
+        raise IEError("no training records: the training size is 0")
+    resolved = resolve_model(model_name)
+    key = run_key(resolved.fingerprint, records, settings)
+    run_dir = cache_dir() / "runs" / key
+    done = run_dir / "done.json"
+    if use_cache and done.exists():
+        info = json.loads(done.read_text())
+        log(f"[train] cached run {key} ({len(records)} records): skipping training")
+        return TrainResult(key, run_dir, True, info["train_seconds"], info["train_tokens"],
+                           info["log_history"], info["settings"])
+
+    precision = resolve_precision(settings.precision)
+    torch.manual_seed(settings.seed)
+    model, tokenizer, _ = prepare_model(model_name, settings, precision)
+    work_dir = run_dir.with_name(key + ".tmp")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
+    optimizers = (None, None)
+    peft_config = None if settings.full_finetune else _peft_config(settings.lora)
+    args = _sft_config(settings, work_dir, precision)
+    trainer_cls = _completion_head_trainer_class() if settings.completion_head_only else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=callbacks)
+    if settings.lora.loraplus_ratio and not settings.full_finetune:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(trainer.model, optimizer_cls=torch.optim.AdamW, lr=settings.lr,
+                                              loraplus_lr_ratio=settings.lora.loraplus_ratio,
+                                              weight_decay=settings.weight_decay)
+        trainer.optimizer = optimizer
+    n_tokens = count_tokens(trainer)
+    log(f"[train] {len(records)} records, {n_tokens} tokens/epoch, precision={precision}, "
+        f"lr={settings.lr}, epochs={settings.epochs}, batch={settings.batch_size}x{settings.grad_accum}")
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    epochs_done = trainer.state.epoch or settings.epochs
+    trainer.model.save_pretrained(work_dir / "adapter")
+    tokenizer.save_pretrained(work_dir / "adapter")
+    info = {"train_seconds": seconds, "train_tokens": int(n_tokens * epochs_done),
+            "log_history": trainer.state.log_history, "settings": dataclasses.asdict(settings),
+            "model": model_name, "precision": precision, "n_records": len(records)}
+    (work_dir / "done.json").write_text(json.dumps(info, default=str))
+    for stale in ("checkpoint",):
+        for p in work_dir.glob(f"{stale}-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.replace(work_dir, run_dir)
+    log(f"[train] done in {seconds:.1f}s ({info['train_tokens'] / seconds:.0f} tokens/s), "
+        f"final loss {TrainResult(key, run_dir, False, seconds, 0, info['log_history'], {}).final_loss:.3f}")
+    del trainer, model
+    return TrainResult(key, run_dir, False, seconds, info["train_tokens"], info["log_history"], info["settings"])
+
+
+def load_for_inference(model_name: str, result: TrainResult | None = None, *, dtype=None):
+    """Base model, with the run's adapter merged in when given (merged weights generate faster)."""
+    import torch
+
+    if dtype is None:
+        dtype = torch.bfloat16 if resolve_precision("auto") == "bf16" else torch.float32
+    model, tokenizer, resolved = load_causal_lm(model_name, dtype=dtype)
+    if result is not None:
+        adapter = result.run_dir / "adapter"
+        if (adapter / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        else:  # full fine-tune: the whole model was saved
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
+    model.eval()
+    return model, tokenizer, resolved
