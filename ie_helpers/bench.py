@@ -1,0 +1,754 @@
+"""Benchmark of the project's training and generation paths: ``python -m ie_helpers.bench`` (``make bench``).
+
+One process, one run, three measurements on the same model and data:
+
+1. **Training.** ``train.train_sft`` with default ``TrainSettings`` (the fast path: bf16 frozen weights
+   where the CPU/GPU has native bf16, no gradient checkpointing, length-grouped batches, lengths padded to
+   a multiple of 64, LM head on completion tokens only) against *plain TRL defaults* on the same model,
+   records, LoRA config and number of optimizer steps. The baseline mirrors what ``trl.SFTConfig()``
+   defaults to in the installed version (bf16 autocast and gradient checkpointing, read at run time),
+   random batch order, padding to the longest row, the stock SFTTrainer loss (head on every position) and
+   the base model loaded in fp32. ``train_sft`` cannot express "fp32 weights under bf16 autocast" (its
+   ``prepare_model`` stores frozen weights in bf16 whenever precision is bf16), so the baseline runs through
+   ``_train_plain`` below: the same steps as ``train_sft`` built from train.py's own helpers, with the model
+   loaded in fp32. ``--levers`` adds one run per lever: the baseline with that single change.
+   Both sides train exactly one epoch over ``steps × batch`` records, so both process the same non-padding
+   tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable.
+2. **Generation.** ``generate.generate`` (batched, length-sorted) against ``generate_unbatched`` on the same
+   CoNLL04 test NER prompts, base model (no adapter), greedy, in the dtype ``load_for_inference`` uses.
+   ``greedy_match_rate`` is the share of prompts whose two output strings are identical; when it is low in
+   bf16 the fp32 rate on a subset is also measured, to tell bf16 rounding from a batching bug.
+3. **Fraction of peak.** Model FLOPs of the fast training run over the machine's peak (see ``flops_model``
+   and ``peak_flops``); on CUDA the same number is reported as ``mfu``.
+
+Writes ``<out>/bench.json``, ``<out>/speedups.png`` and ``<out>/summary.html`` (atomic writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from ie_helpers.models import REPO_ROOT
+
+BATCH_SIZE = 8
+GEN_BATCH_SIZE = 16
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128}
+QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16}
+MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
+FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
+
+# Peak dense matrix FLOP/s per GPU (bf16, no sparsity), from the vendors' data sheets.
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
+                 "baseline_gen_tokens_per_s", "gen_speedup", "greedy_match_rate", "fraction_of_peak",
+                 "flops_per_token", "peak_flops", "device")
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_name() -> str:
+    m = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.M)
+    return m.group(1).strip() if m else (platform.processor() or platform.machine() or "cpu")
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cpu_ghz() -> tuple[float, str]:
+    """Core clock: cpufreq's max where exposed, else /proc/cpuinfo's current MHz."""
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", _cpuinfo(), re.M)
+    if m:
+        return float(m.group(1)) / 1e3, "/proc/cpuinfo cpu MHz"
+    return 2.5, "unknown clock: assumed 2.5 GHz"
+
+
+def cpu_flops_per_cycle(precision: str) -> tuple[int, str]:
+    """Dense FLOPs per cycle per core for the precision the training ran in (one vector unit assumed)."""
+    flags = set(re.findall(r"[\w.]+", " ".join(re.findall(r"^flags\s*:(.*)$", _cpuinfo(), re.M)[:1])))
+    if precision == "bf16":
+        if "amx_bf16" in flags:
+            return 1024, "AMX-BF16 tile multiply: 1024 bf16 FLOPs/cycle/core"
+        if "avx512_bf16" in flags:
+            return 64, "AVX512-BF16 VDPBF16PS: 32 bf16 pairs → 64 FLOPs/cycle/core (one 512-bit op per cycle)"
+    if "avx512f" in flags:
+        return 32, "AVX-512 fp32 FMA: 16 lanes × 2 FLOPs, one 512-bit FMA per cycle"
+    if "avx2" in flags and "fma" in flags:
+        return 32, "AVX2 fp32 FMA: 8 lanes × 2 FLOPs × 2 FMA units"
+    return 8, "no AVX2/AVX-512 flags found: assumed 8 fp32 FLOPs/cycle/core"
+
+
+def peak_flops(precision: str, override_gflops: float | None = None) -> dict:
+    """Peak dense FLOP/s of the machine for ``precision``, with how it was estimated."""
+    import torch
+
+    if override_gflops:
+        return {"peak_flops": override_gflops * 1e9, "source": "--peak-gflops override",
+                "assumption": f"given on the command line: {override_gflops:g} GFLOP/s"}
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        for key, peak in GPU_PEAK_BF16.items():
+            if key.lower() in name.lower():
+                scale = 1.0 if precision == "bf16" else 0.5  # tf32 tensor-core peak is half the bf16 one
+                return {"peak_flops": peak * scale, "source": f"data-sheet table ({key})",
+                        "assumption": f"{name}: {peak / 1e12:g} TFLOP/s dense bf16"
+                                      + ("" if precision == "bf16" else ", halved for tf32/fp32")}
+        return {"peak_flops": float("nan"), "source": "unknown GPU",
+                "assumption": f"{name} is not in the peak table: pass --peak-gflops"}
+    cores = cpu_cores()
+    ghz, clock_source = cpu_ghz()
+    per_cycle, unit = cpu_flops_per_cycle(precision)
+    peak = cores * ghz * 1e9 * per_cycle
+    return {"peak_flops": peak, "source": "cores × clock × FLOPs/cycle/core",
+            "assumption": (f"{cores} cores × {ghz:.3f} GHz ({clock_source}) × {per_cycle} FLOPs/cycle ({unit}) "
+                           f"= {peak / 1e9:.0f} GFLOP/s; the issue estimated ~333 GFLOP/s bf16 for the 2-core "
+                           "EPYC CI box (2 × 2.6 GHz × 64). Turbo/AVX clocks and memory bandwidth are ignored.")}
+
+
+def device_info() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(0), "device_type": "cuda",
+                "torch_threads": torch.get_num_threads()}
+    return {"device": cpu_name(), "device_type": "cpu", "cpu_cores": cpu_cores(),
+            "torch_threads": torch.get_num_threads()}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_records(n: int, *, allow_synthetic: bool = True) -> tuple[list[dict], dict, tuple[list, list]]:
+    """``n`` ETLCH prompt–completion records (ner, kge, json of each sampled CoNLL04 train document)."""
+    from ie_helpers.data import load_split, nested_sample
+    from ie_helpers.tasks import etlch_examples, label_sets, to_prompt_completion
+
+    docs, prov = load_split("conll04", "train", allow_synthetic=allow_synthetic)
+    labels = label_sets(docs)
+    n_docs = min(len(docs), math.ceil(n / 3))
+    sample = nested_sample(docs, n_docs, seed=0, what="CoNLL04 train documents")
+    examples = [ex for i, d in enumerate(sample)
+                for ex in etlch_examples(d, i, entity_types=labels[0], relation_types=labels[1])]
+    records = [to_prompt_completion(ex) for ex in examples[:n]]
+    return records, dataclasses.asdict(prov), labels
+
+
+def generation_prompts(n: int, labels: tuple[list, list], *, allow_synthetic: bool = True) -> tuple[list, dict]:
+    """NER task prompts of ``n`` CoNLL04 test documents (the first step of the ETLCH chain)."""
+    from ie_helpers.data import load_split, nested_sample
+    from ie_helpers.tasks import etlch_examples, prompt_messages
+
+    docs, prov = load_split("conll04", "test", allow_synthetic=allow_synthetic)
+    sample = nested_sample(docs, min(n, len(docs)), seed=0, what="CoNLL04 test documents")
+    prompts = []
+    for i, d in enumerate(sample):
+        (ex,) = etlch_examples(d, i, ("ner",), entity_types=labels[0], relation_types=labels[1])
+        prompts.append(prompt_messages(ex.instruction, ex.input))
+    return prompts, dataclasses.asdict(prov)
+
+
+def _chat_ids(tokenizer, messages: list[dict], *, add_generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def token_stats(tokenizer, records: list[dict]) -> dict:
+    """Prompt/completion token counts of the records under the chat template (for the FLOP count)."""
+    total = completion = 0
+    for r in records:
+        prompt = len(_chat_ids(tokenizer, r["prompt"], add_generation_prompt=True))
+        full = len(_chat_ids(tokenizer, r["prompt"] + r["completion"], add_generation_prompt=False))
+        total += full
+        completion += max(full - prompt, 0)
+    n = max(len(records), 1)
+    return {"tokens": total, "completion_tokens": completion, "mean_record_tokens": total / n,
+            "completion_fraction": completion / total if total else float("nan")}
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def model_dims(model_path: str, lora_r: int) -> dict:
+    """N_base (non-embedding weights), N_lora (all-linear adapters), d, V, layers — from a meta-device copy."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    embed = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    d, vocab = embed.weight.shape[1], embed.weight.shape[0]
+    seen, total = set(), 0
+    for p in model.parameters():  # tied weights count once
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    head_separate = head is not None and head.weight is not embed.weight
+    n_base = total - embed.weight.numel() - (head.weight.numel() if head_separate else 0)
+    n_lora = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:  # peft's all-linear skips the output layer
+            n_lora += lora_r * (module.in_features + module.out_features)
+    return {"n_base": int(n_base), "n_lora": int(n_lora), "d": int(d), "vocab": int(vocab),
+            "layers": int(getattr(config, "num_hidden_layers", 0)), "tied_head": not head_separate}
+
+
+def flops_model(dims: dict, completion_fraction: float, mean_tokens: float = 0.0) -> dict:
+    """Model FLOPs per non-padding training token, fast path and baseline.
+
+    4·N_base (forward 2N + backward activation grads 2N; frozen weights get no weight grads)
+    + 6·N_lora (forward, activation grads, weight grads)
+    + head: 2·d·V forward + 2·d·V backward (activation grad only: the head is frozen/tied to the frozen
+      embedding), on completion tokens for the fast path and on every token for the baseline.
+    Attention score/value products (~12·L·s·d per token) and gradient-checkpointing recompute are not counted.
+    """
+    n_base, n_lora, d, v = dims["n_base"], dims["n_lora"], dims["d"], dims["vocab"]
+    head = 4 * d * v
+    body = 4 * n_base + 6 * n_lora
+    fast = body + head * completion_fraction
+    # causal attention: QK^T and AV, ~2·2·(s/2)·d forward per token per layer, ×3 with the backward
+    attention = 6 * dims["layers"] * mean_tokens * d
+    return {
+        "formula": "4*N_base + 6*N_lora + 4*d*V*f_head  (f_head = completion-token share on the fast path, "
+                   "1 on the baseline; head backward = activation grad only since the head is frozen)",
+        "flops_per_token": fast,
+        "baseline_flops_per_token": body + head,
+        "head_flops_per_head_token": head,
+        "completion_fraction": completion_fraction,
+        "not_counted": "attention QK^T/AV products, gradient-checkpointing recompute, padding positions",
+        "attention_flops_per_token_not_counted": attention,
+        "attention_share_not_counted": attention / (fast + attention) if fast + attention else float("nan"),
+        **{k: dims[k] for k in ("n_base", "n_lora", "d", "vocab", "layers")},
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def trl_defaults() -> dict:
+    """What ``trl.SFTConfig()`` defaults to in the installed TRL, for the fields the fast path changes."""
+    import torch
+    from trl import SFTConfig
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = SFTConfig(output_dir=tmp, use_cpu=not torch.cuda.is_available())
+        return {"bf16": bool(cfg.bf16), "gradient_checkpointing": bool(cfg.gradient_checkpointing),
+                "pad_to_multiple_of": cfg.pad_to_multiple_of,
+                "train_sampling_strategy": getattr(cfg, "train_sampling_strategy", None),
+                "group_by_length": bool(getattr(cfg, "group_by_length", False))
+                or getattr(cfg, "train_sampling_strategy", None) == "group_by_length",
+                "model_weights": "as loaded by the caller (fp32 by default in transformers)"}
+
+
+def _losses(log_history: list[dict]) -> list[float]:
+    return [float(h["loss"]) for h in log_history if "loss" in h]
+
+
+def _train_plain(model_name: str, records: list[dict], settings, *, frozen_dtype):
+    """``train_sft`` without the cache and with the base model loaded in ``frozen_dtype``.
+
+    Built from train.py's own helpers so that it differs from ``train_sft`` only in the weight dtype
+    (``prepare_model`` ties that to the precision; TRL's default keeps fp32 weights under bf16 autocast).
+    """
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from ie_helpers import train as T
+    from ie_helpers.models import load_causal_lm
+
+    precision = T.resolve_precision(settings.precision)
+    torch.manual_seed(settings.seed)
+    model, tokenizer, _ = load_causal_lm(model_name, dtype=frozen_dtype)
+    tokenizer.padding_side = "right"
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
+    with tempfile.TemporaryDirectory(prefix="ie-bench-") as tmp:
+        args = T._sft_config(settings, Path(tmp), precision)
+        trainer_cls = T._completion_head_trainer_class() if settings.completion_head_only else SFTTrainer
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=T._peft_config(settings.lora))
+        n_tokens = T.count_tokens(trainer)
+        _log(f"plain run: {len(records)} records, {n_tokens} tokens/epoch, precision={precision}, "
+             f"weights={str(frozen_dtype).replace('torch.', '')}")
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        epochs_done = trainer.state.epoch or settings.epochs
+        result = T.TrainResult("bench-plain", Path(tmp), False, seconds, int(n_tokens * epochs_done),
+                               list(trainer.state.log_history), dataclasses.asdict(settings))
+    del trainer, model
+    return result
+
+
+def _run_summary(result, precision: str, weights: str) -> dict:
+    losses = _losses(result.log_history)
+    logged = [h["num_tokens"] for h in result.log_history if "num_tokens" in h]
+    return {"tokens_per_s": result.tokens_per_second, "seconds": result.train_seconds,
+            "tokens": result.train_tokens, "logged_num_tokens": logged[-1] if logged else None,
+            "steps": len(losses), "losses": losses, "final_loss": losses[-1] if losses else float("nan"),
+            "mean_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "precision": precision, "frozen_weights": weights}
+
+
+def _curve_diff(a: list[float], b: list[float]) -> float:
+    n = min(len(a), len(b))
+    return max((abs(x - y) for x, y in zip(a[:n], b[:n])), default=float("nan"))
+
+
+def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, str]]:
+    """(name, description, settings change, frozen weight dtype) for each way the fast path differs."""
+    levers = []
+    if fast_weights != "float32":
+        levers.append(("frozen_weights_" + fast_weights, f"frozen base weights stored in {fast_weights} "
+                       "(adapters stay fp32)", {}, fast_weights))
+    described = {"precision": "training precision", "gradient_checkpointing": "gradient checkpointing",
+                 "group_by_length": "length-grouped batches", "pad_to_multiple_of": "pad lengths to a multiple",
+                 "completion_head_only": "LM head + loss on completion tokens only"}
+    for f in dataclasses.fields(fast):
+        a, b = getattr(fast, f.name), getattr(baseline, f.name)
+        if f.name == "precision":
+            from ie_helpers.train import resolve_precision
+
+            a, b = resolve_precision(a), resolve_precision(b)
+        if a != b:
+            levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", {f.name: a}, "float32"))
+    return levers
+
+
+def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer) -> dict:
+    import torch
+
+    from ie_helpers.train import TrainSettings, resolve_precision, train_sft
+
+    trl = trl_defaults()
+    fast = TrainSettings(max_steps=steps, epochs=1.0, batch_size=BATCH_SIZE)
+    baseline = dataclasses.replace(
+        fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
+        group_by_length=False, pad_to_multiple_of=0, completion_head_only=False)
+    fast_precision = resolve_precision(fast.precision)
+    fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
+
+    # The fast path runs first, cold (one-time kernel builds land on it), so the speedup is not flattered.
+    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
+    with timer.stage("train_fast"):
+        fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
+    _log("training: plain-TRL-defaults baseline")
+    with timer.stage("train_baseline"):
+        base_result = _train_plain(model_name, records, baseline, frozen_dtype=torch.float32)
+    fast_run = _run_summary(fast_result, fast_precision, fast_weights)
+    base_run = _run_summary(base_result, resolve_precision(baseline.precision), "float32")
+    out = {
+        "fast": {**fast_run, "settings": dataclasses.asdict(fast), "path": "ie_helpers.train.train_sft"},
+        "baseline": {**base_run, "settings": dataclasses.asdict(baseline),
+                     "path": "bench._train_plain (train_sft's steps, base model loaded in fp32)"},
+        "trl_defaults": trl,
+        "train_speedup": fast_run["tokens_per_s"] / base_run["tokens_per_s"],
+        "loss_curve_max_abs_diff": _curve_diff(fast_run["losses"], base_run["losses"]),
+        "loss_curve_note": ("step-aligned; the fast path's length grouping changes which records form each "
+                            "batch, so per-step losses differ by batch composition as well as by arithmetic. "
+                            "Both runs see every record exactly once, so mean_loss is order-free; levers that "
+                            "keep the batch order (all but group_by_length) show the arithmetic-only diff."),
+        "levers": [],
+    }
+    if levers:
+        for name, desc, change, weights in lever_list(fast, baseline, fast_weights):
+            _log(f"lever {name}: {desc}")
+            settings = dataclasses.replace(baseline, **change)
+            with timer.stage(f"lever:{name}"):
+                r = _train_plain(model_name, records, settings,
+                                 frozen_dtype=getattr(torch, weights))
+            run = _run_summary(r, resolve_precision(settings.precision), weights)
+            out["levers"].append({
+                "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
+                "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
+                "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
+                "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
+                "losses": run["losses"]})
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _gen_pair(model, tokenizer, prompts, max_new_tokens: int) -> dict:
+    from ie_helpers.generate import GenerationStats, generate, generate_unbatched
+
+    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
+    batched_stats, single_stats = GenerationStats(), GenerationStats()
+    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
+                       progress=False, stats=batched_stats)
+    single = generate_unbatched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stats=single_stats)
+    matches = [a == b for a, b in zip(batched, single)]
+    return {"tokens_per_s": batched_stats.new_tokens_per_s, "baseline_tokens_per_s": single_stats.new_tokens_per_s,
+            "new_tokens": batched_stats.new_tokens, "baseline_new_tokens": single_stats.new_tokens,
+            "seconds": batched_stats.seconds, "baseline_seconds": single_stats.seconds,
+            "match_rate": sum(matches) / len(matches) if matches else float("nan"),
+            "n_prompts": len(prompts), "mismatched_prompts": [i for i, m in enumerate(matches) if not m],
+            "examples": [{"batched": a, "unbatched": b} for a, b in list(zip(batched, single))[:3]]}
+
+
+def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, timer,
+                     fp32_check_prompts: int = FP32_CHECK_PROMPTS, deadline: float = math.inf) -> dict:
+    """Batched vs unbatched generation; the optional fp32 check is skipped if it would run past ``deadline``."""
+    import torch
+
+    from ie_helpers.train import load_for_inference
+
+    with timer.stage("generate"):
+        model, tokenizer, _ = load_for_inference(model_name)  # the project's inference dtype
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
+             f"batched (batch {GEN_BATCH_SIZE}) vs unbatched")
+        main = _gen_pair(model, tokenizer, prompts, max_new_tokens)
+        del model
+    out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens, **main,
+           "headline_dtype": dtype, "fp32_check": None}
+    subset = prompts[:fp32_check_prompts]
+    # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load
+    estimate = 2.0 * (main["seconds"] + main["baseline_seconds"]) * len(subset) / max(len(prompts), 1) + 10
+    out["fp32_check_estimated_s"] = estimate
+    if dtype != "float32" and main["match_rate"] < MATCH_RATE_LOW and subset and \
+            time.perf_counter() + estimate > deadline:
+        out["fp32_check_skipped"] = (f"skipped: it would take ~{estimate:.0f} s and run past the --budget-s "
+                                     "time budget")
+        _log(f"fp32 greedy-match check {out['fp32_check_skipped']}")
+    elif dtype != "float32" and main["match_rate"] < MATCH_RATE_LOW and subset:
+        _log(f"match rate {main['match_rate']:.2f} in {dtype}: checking fp32 on {len(subset)} prompts")
+        with timer.stage("generate_fp32_check"):
+            model, tokenizer, _ = load_for_inference(model_name, dtype=torch.float32)
+            check = _gen_pair(model, tokenizer, subset, max_new_tokens)
+            del model
+        out["fp32_check"] = check
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        if abs(v) >= 1e6 or (v and abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return html.escape(str(v))
+
+
+def speedup_figure(summary: dict):
+    import pandas as pd
+
+    from ie_helpers.plots import metric_bars
+
+    rows = [{"comparison": "training\n(project vs TRL defaults)", "speedup": summary["train_speedup"]},
+            {"comparison": "generation\n(batched vs unbatched)", "speedup": summary["gen_speedup"]}]
+    rows += [{"comparison": f"lever: {lv['lever']}", "speedup": lv["speedup_vs_baseline"]}
+             for lv in summary.get("levers", [])]
+    fig = metric_bars(pd.DataFrame(rows), x="comparison", y="speedup", lo=None, hi=None,
+                      title=f"Speedups on {summary['device']}")
+    ax = fig.axes[0]
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_ylabel("speedup (×, tokens/s ratio)")
+    fig.set_size_inches(max(5.5, 1.4 * len(rows)), 3.8)
+    return fig
+
+
+def summary_html(summary: dict, png: bytes) -> str:
+    rows = [("device", summary["device"]), ("model", summary["model"]),
+            ("training precision (fast / baseline)", f"{summary['precision']} / {summary['baseline_precision']}"),
+            ("train tokens/s (fast path)", summary["train_tokens_per_s"]),
+            ("train tokens/s (plain TRL defaults)", summary["baseline_train_tokens_per_s"]),
+            ("train speedup", summary["train_speedup"]),
+            ("final loss (fast / baseline)", f"{_fmt(summary['final_loss_fast'])} / "
+                                             f"{_fmt(summary['final_loss_baseline'])}"),
+            ("mean loss over the epoch (fast / baseline)", f"{_fmt(summary['mean_loss_fast'])} / "
+                                                           f"{_fmt(summary['mean_loss_baseline'])}"),
+            ("loss curve max |diff| (step-aligned)", summary["loss_curve_max_abs_diff"]),
+            ("generation tokens/s (batched)", summary["gen_tokens_per_s"]),
+            ("generation tokens/s (unbatched)", summary["baseline_gen_tokens_per_s"]),
+            ("generation speedup", summary["gen_speedup"]),
+            (f"greedy match rate ({summary['greedy_match_dtype']})", summary["greedy_match_rate"])]
+    if summary.get("greedy_match_rate_fp32") is not None:
+        rows.append(("greedy match rate (fp32 check)", summary["greedy_match_rate_fp32"]))
+    rows += [("FLOPs per training token", summary["flops_per_token"]),
+             ("peak FLOP/s", summary["peak_flops"]),
+             ("fraction of peak (fast path)", summary["fraction_of_peak"])]
+    if "mfu" in summary:
+        rows.append(("MFU", summary["mfu"]))
+    rows.append(("wall time (s)", summary["wall_seconds"]))
+    body = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    lever_rows = "\n".join(
+        f"<tr><td>{html.escape(lv['lever'])}</td><td>{html.escape(lv['change'])}</td>"
+        f"<td>{_fmt(lv['tokens_per_s'])}</td><td>{_fmt(lv['speedup_vs_baseline'])}</td>"
+        f"<td>{_fmt(lv['final_loss'])}</td><td>{_fmt(lv['loss_curve_max_abs_diff_vs_baseline'])}</td></tr>"
+        for lv in summary.get("levers", []))
+    levers = ("<h2>Levers (each one change against the baseline)</h2><table><tr><th>lever</th><th>change</th>"
+              "<th>tokens/s</th><th>speedup</th><th>final loss</th><th>loss curve max |diff|</th></tr>"
+              f"{lever_rows}</table>") if lever_rows else ""
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary["notes"])
+    img = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ie_helpers benchmark</title>
+<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f4f4f4}}</style></head>
+<body><h1>Training and generation benchmark</h1>
+<table>{body}</table>
+{levers}
+<h2>Speedups</h2><img alt="speedup bar chart" src="data:image/png;base64,{img}">
+<h2>Notes</h2><ul>{notes}</ul>
+<p>Full numbers, loss curves and settings: <code>bench.json</code>.</p>
+</body></html>
+"""
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    from ie_helpers.models import resolve_model
+    from ie_helpers.plots import save_figure
+    from ie_helpers.report import StageTimer, atomic_write_json, atomic_write_text, library_versions
+    from ie_helpers.train import TrainSettings
+
+    t0 = time.perf_counter()
+    timer = StageTimer()
+    out_dir = Path(args.out)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    notes = []
+    dev = device_info()
+    _log(f"device {dev['device']}, torch threads {dev['torch_threads']}, load average {load_start:.2f}")
+    if dev["device_type"] == "cpu" and load_start > 0.5 * dev.get("cpu_cores", 1):
+        notes.append(f"the 1-minute load average was {load_start:.2f} on {dev.get('cpu_cores')} cores at the start: "
+                     "other processes were competing for the CPU, so absolute tokens/s are pessimistic")
+
+    with timer.stage("data"):
+        n_records = args.steps * BATCH_SIZE
+        records, train_prov, labels = training_records(n_records)
+        prompts, test_prov = generation_prompts(args.gen_prompts, labels)
+    synthetic = train_prov["source"] == "synthetic" or test_prov["source"] == "synthetic"
+    if synthetic:
+        notes.append("real CoNLL04 data was unavailable: synthetic template documents were used (set IE_DATA_DIR)")
+    if len(records) < n_records:
+        notes.append(f"only {len(records)} training records available for {n_records} = steps × batch; the runs "
+                     "go past one epoch")
+
+    with timer.stage("model_setup"):
+        from transformers import AutoTokenizer
+
+        resolved = resolve_model(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+        tstats = token_stats(tokenizer, records)
+        dims = model_dims(resolved.path, TrainSettings().lora.r)
+        flops = flops_model(dims, tstats["completion_fraction"], tstats["mean_record_tokens"])
+
+    train = bench_training(args.model, records, args.steps, levers=args.levers, timer=timer)
+    gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer,
+                           fp32_check_prompts=args.fp32_check_prompts, deadline=t0 + args.budget_s)
+
+    fast, base = train["fast"], train["baseline"]
+    if base["logged_num_tokens"] is not None and base["logged_num_tokens"] != base["tokens"]:
+        notes.append(f"TRL logged {base['logged_num_tokens']} non-padding tokens for the baseline vs "
+                     f"{base['tokens']} counted from the dataset")
+    peak = peak_flops(fast["precision"], args.peak_gflops)
+    achieved = fast["tokens_per_s"] * flops["flops_per_token"]
+    base_achieved = base["tokens_per_s"] * flops["baseline_flops_per_token"]
+    fraction = achieved / peak["peak_flops"] if peak["peak_flops"] else float("nan")
+    fp32_rate = gen["fp32_check"]["match_rate"] if gen["fp32_check"] else None
+
+    notes += [
+        "baseline = plain trl.SFTConfig defaults as installed: "
+        f"bf16 autocast={train['trl_defaults']['bf16']}, gradient checkpointing="
+        f"{train['trl_defaults']['gradient_checkpointing']}, random batch order, padding to the longest row, "
+        "stock SFTTrainer loss (LM head on every position), base model weights in fp32; same records, LoRA "
+        "(r=32, alpha=64, all-linear, dropout 0.05), batch 8, max_steps, lr schedule and seed as the fast path. "
+        "It runs through bench._train_plain (train_sft's own steps from train.py's helpers) because train_sft's "
+        "prepare_model stores frozen weights in bf16 whenever precision is bf16.",
+        "tokens/s = non-padding tokens (prompt + completion, TRL's tokenization) of the one epoch over "
+        "steps × batch records that both runs make, over trainer.train() wall time; both sides count the same "
+        "tokens. The fast path runs first and cold, so one-time kernel builds are charged to it.",
+        f"greedy_match_rate is measured in {gen['dtype']} (load_for_inference's dtype on this machine); "
+        "batched and unbatched greedy decoding use different matrix shapes, so low-precision rounding can "
+        "flip a near-tie token and the rest of the output with it."
+        + (f" fp32 check on {gen['fp32_check']['n_prompts']} prompts: {fp32_rate:.2f}." if fp32_rate is not None
+           else "") + (f" fp32 check {gen['fp32_check_skipped']}." if gen.get("fp32_check_skipped") else ""),
+        f"fraction_of_peak = train tokens/s × flops_per_token / peak_flops; {peak['assumption']}",
+    ]
+    if args.quick:
+        notes.append("--quick run on a randomly initialised 2-layer model: a smoke test of the harness, "
+                     "not a measurement")
+
+    summary = {
+        "train_tokens_per_s": fast["tokens_per_s"],
+        "baseline_train_tokens_per_s": base["tokens_per_s"],
+        "train_speedup": train["train_speedup"],
+        "gen_tokens_per_s": gen["tokens_per_s"],
+        "baseline_gen_tokens_per_s": gen["baseline_tokens_per_s"],
+        "gen_speedup": gen["tokens_per_s"] / gen["baseline_tokens_per_s"],
+        "greedy_match_rate": gen["match_rate"],
+        "greedy_match_dtype": gen["dtype"],
+        "greedy_match_rate_fp32": fp32_rate,
+        "fraction_of_peak": fraction,
+        "flops_per_token": flops["flops_per_token"],
+        "baseline_flops_per_token": flops["baseline_flops_per_token"],
+        "achieved_flops": achieved,
+        "baseline_achieved_flops": base_achieved,
+        "baseline_fraction_of_peak": base_achieved / peak["peak_flops"] if peak["peak_flops"] else float("nan"),
+        "peak_flops": peak["peak_flops"],
+        "peak_flops_source": peak["source"],
+        "peak_flops_assumption": peak["assumption"],
+        "device": dev["device"],
+        "device_type": dev["device_type"],
+        "torch_threads": dev["torch_threads"],
+        "cpu_cores": dev.get("cpu_cores"),
+        "precision": fast["precision"],
+        "baseline_precision": base["precision"],
+        "final_loss_fast": fast["final_loss"],
+        "final_loss_baseline": base["final_loss"],
+        "mean_loss_fast": fast["mean_loss"],
+        "mean_loss_baseline": base["mean_loss"],
+        "loss_curve_fast": fast["losses"],
+        "loss_curve_baseline": base["losses"],
+        "loss_curve_max_abs_diff": train["loss_curve_max_abs_diff"],
+        "model": args.model,
+        "model_note": resolved.note,
+        "steps": args.steps,
+        "batch_size": BATCH_SIZE,
+        "n_train_records": len(records),
+        "gen_prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "quick": bool(args.quick),
+        "synthetic_data": synthetic,
+        "data": {"train": train_prov, "test": test_prov, "token_stats": tstats},
+        "flops": flops,
+        "training": {k: v for k, v in train.items() if k != "levers"},
+        "generation": gen,
+        "levers": train["levers"],
+        "stage_seconds": timer.as_dict(),
+        "load_average": {"start": load_start,
+                         "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")},
+        "library_versions": library_versions(),
+        "python": sys.version.split()[0],
+        "notes": notes,
+    }
+    if dev["device_type"] == "cuda":
+        summary["mfu"] = fraction
+    summary["wall_seconds"] = time.perf_counter() - t0
+
+    with timer.stage("report"):
+        import io
+
+        fig = speedup_figure(summary)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+        save_figure(fig, out_dir / "speedups.png", dpi=110)
+        summary["stage_seconds"] = timer.as_dict()
+        atomic_write_json(out_dir / "bench.json", summary)
+        atomic_write_text(out_dir / "summary.html", summary_html(summary, buf.getvalue()))
+    _print_summary(summary, out_dir)
+    return summary
+
+
+def _print_summary(s: dict, out_dir: Path) -> None:
+    lines = [
+        f"device            {s['device']} ({s['torch_threads']} torch threads), model {s['model']}",
+        f"training          {s['train_tokens_per_s']:.0f} tok/s fast ({s['precision']}) vs "
+        f"{s['baseline_train_tokens_per_s']:.0f} tok/s TRL defaults ({s['baseline_precision']}): "
+        f"{s['train_speedup']:.2f}x",
+        f"losses            final {s['final_loss_fast']:.3f} vs {s['final_loss_baseline']:.3f}, "
+        f"epoch mean {s['mean_loss_fast']:.3f} vs {s['mean_loss_baseline']:.3f}, "
+        f"curve max |diff| {s['loss_curve_max_abs_diff']:.3f}",
+        f"generation        {s['gen_tokens_per_s']:.1f} tok/s batched vs {s['baseline_gen_tokens_per_s']:.1f} "
+        f"unbatched: {s['gen_speedup']:.2f}x; greedy match {s['greedy_match_rate']:.2f} ({s['greedy_match_dtype']})"
+        + (f", fp32 {s['greedy_match_rate_fp32']:.2f}" if s["greedy_match_rate_fp32"] is not None else ""),
+        f"FLOPs             {s['flops_per_token'] / 1e6:.1f} MFLOP/token, peak {s['peak_flops'] / 1e9:.0f} GFLOP/s, "
+        f"fraction of peak {s['fraction_of_peak']:.3f}" + (f", MFU {s['mfu']:.3f}" if "mfu" in s else ""),
+    ]
+    for lv in s["levers"]:
+        lines.append(f"lever             {lv['lever']}: {lv['speedup_vs_baseline']:.2f}x")
+    lines.append(f"wall time         {s['wall_seconds']:.0f} s; wrote {out_dir / 'bench.json'}, "
+                 f"{out_dir / 'summary.html'}")
+    print("\n".join(lines), flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ie_helpers.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help=f"model to benchmark (default {DEFAULTS['model']})")
+    p.add_argument("--steps", type=int, help=f"optimizer steps per training run (default {DEFAULTS['steps']})")
+    p.add_argument("--gen-prompts", type=int, help=f"CoNLL04 test NER prompts (default {DEFAULTS['gen_prompts']})")
+    p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
+    p.add_argument("--levers", action="store_true", help="also time each fast-path lever alone against the "
+                                                          "baseline (one extra training run per lever)")
+    p.add_argument("--out", default=str(REPO_ROOT / "reports" / "bench"), help="output folder")
+    p.add_argument("--peak-gflops", type=float, help="override the machine's peak GFLOP/s for fraction_of_peak")
+    p.add_argument("--fp32-check-prompts", type=int, default=FP32_CHECK_PROMPTS,
+                   help="prompts for the fp32 greedy-match check run when the bf16 match rate is below "
+                        f"{MATCH_RATE_LOW} (0 = skip)")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="skip the optional fp32 greedy-match check when it would end the run past this many "
+                        "seconds (default 540: `make bench` stays under 10 minutes)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny-random-llama, 3 steps, 6 prompts, 16 new tokens")
+    args = p.parse_args(argv)
+    base = QUICK if args.quick else DEFAULTS
+    for key, value in base.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.steps < 1 or args.gen_prompts < 1 or args.max_new_tokens < 1:
+        p.error("--steps, --gen-prompts and --max-new-tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ie_helpers.errors import IEError
+
+    args = parse_args(argv)
+    try:
+        run(args)
+    except IEError as e:
+        print(f"[bench] error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

