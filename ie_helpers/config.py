@@ -48,6 +48,19 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_nested(value, base, path: str) -> None:
+    """Refuse unknown keys and non-mappings wherever the recipe has a mapping, at every depth."""
+    if not isinstance(base, dict):
+        return
+    if not isinstance(value, dict):
+        raise IEError(f"parameter '{path}' must be a mapping like {base}")
+    bad = sorted(set(value) - set(base))
+    if bad:
+        raise IEError(f"unknown key(s) {', '.join(bad)} in '{path}'; valid: {', '.join(sorted(base))}")
+    for k, v in value.items():
+        _check_nested(v, base[k], f"{path}.{k}")
+
+
 def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     recipe = read_recipe(paper)
     if profile == "auto":
@@ -61,12 +74,7 @@ def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     if unknown:
         raise IEError(f"unknown parameter(s) {', '.join(unknown)} for {paper}; valid: {', '.join(sorted(cfg))}")
     for k, v in given.items():
-        if isinstance(cfg[k], dict):
-            if not isinstance(v, dict):
-                raise IEError(f"parameter '{k}' must be a mapping like {cfg[k]}")
-            bad = sorted(set(v) - set(cfg[k]))
-            if bad:
-                raise IEError(f"unknown key(s) {', '.join(bad)} in '{k}'; valid: {', '.join(sorted(cfg[k]))}")
+        _check_nested(v, cfg[k], k)
     cfg = _merge(cfg, given)
     cfg["profile"] = profile
     cfg["paper"] = paper

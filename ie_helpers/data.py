@@ -83,7 +83,11 @@ def read_manifest(path: Path = MANIFEST_PATH) -> dict[str, ManifestEntry]:
         if len(cols) != 5 or "@" not in cols[1]:
             raise IEError(f"{path}:{lineno}: malformed manifest line (expected 5 tab-separated columns)")
         repo, commit = cols[1].split("@", 1)
-        entries[cols[0]] = ManifestEntry(cols[0], repo, commit, cols[2], cols[3], int(cols[4]))
+        try:
+            size = int(cols[4])
+        except ValueError:
+            raise IEError(f"{path}:{lineno}: bytes column {cols[4]!r} is not an integer") from None
+        entries[cols[0]] = ManifestEntry(cols[0], repo, commit, cols[2], cols[3], size)
     return entries
 
 
@@ -159,9 +163,10 @@ def read_unified_json(path: Path) -> list[dict]:
         except (KeyError, TypeError, ValueError) as e:
             raise IEError(f"{path}: document {i}: malformed ({type(e).__name__}: {e}); expected keys "
                           "tokens, entities [[start,end,type]], relations [[hs,he,ts,te,type]]") from None
-        for s, e, _ in entities:
+        spans = [(s, e) for s, e, _ in entities] + [x for a, b, c, e, _ in relations for x in ((a, b), (c, e))]
+        for s, e in spans:
             if not 0 <= s < e <= len(tokens):
-                raise IEError(f"{path}: document {i}: entity span [{s}, {e}) outside its {len(tokens)} tokens")
+                raise IEError(f"{path}: document {i}: span [{s}, {e}) outside its {len(tokens)} tokens")
         out.append({"tokens": tokens, "entities": entities, "relations": relations})
     return out
 
@@ -185,7 +190,7 @@ def read_conll(path: Path) -> list[dict]:
             if line.startswith("-DOCSTART-"):
                 continue
             cols = line.split("\t") if "\t" in line else line.split(" ")
-            cols = [c for c in cols if c != ""]
+            cols = [c.strip() for c in cols if c.strip()]
             tag = cols[-1] if len(cols) >= 2 else ""
             if len(cols) < 2 or not (tag == "O" or tag[:2] in {"B-", "I-"}):
                 raise IEError(f"{path}:{lineno}: malformed line {line[:60]!r}: expected 'token<TAB>tag' "

@@ -121,11 +121,12 @@ def paired_comparisons(scores: pd.DataFrame, system: str, baselines: list[str], 
 
     rows = []
     for task in scores["task"].unique():
-        a = scores[(scores.system == system) & (scores.task == task)].sort_values("doc")[metric].to_numpy()
+        mine = scores[(scores.system == system) & (scores.task == task)].set_index("doc")[metric]
         for base in baselines:
-            b = scores[(scores.system == base) & (scores.task == task)].sort_values("doc")[metric].to_numpy()
-            if len(a) == 0 or len(a) != len(b):
-                continue
+            theirs = scores[(scores.system == base) & (scores.task == task)].set_index("doc")[metric]
+            if len(mine) == 0 or sorted(mine.index) != sorted(theirs.index):
+                continue  # pair by document id; systems scored on different documents are not compared
+            a, b = mine.sort_index().to_numpy(), theirs.sort_index().to_numpy()
             w, wx = win_rate(a, b), wilcoxon_signed_rank(a, b)
             rows.append({"task": task, "system": system, "baseline": base, "metric": metric,
                          "wins": w["wins"], "losses": w["losses"], "ties": w["ties"], "win_rate": w["win_rate"],
@@ -197,7 +198,7 @@ def etlch_claims(*, summary: pd.DataFrame, comparisons: pd.DataFrame, plateaus: 
                             "strict = the whole output is one JSON value; replicated when the CI reaches 89%"))
 
     # E4: gains plateau after about 300 samples per task.
-    if max(train_sizes) < 300 or not plateaus:
+    if max(train_sizes) < 300 or len(set(train_sizes)) < 3 or not plateaus:
         claims.append(Claim("E4", "gains plateau after ~300 samples per task", "n/a", "not testable at this profile",
                             f"largest training size {max(train_sizes)} < 300 or fewer than 3 sizes"))
     else:
@@ -221,8 +222,11 @@ def etlch_claims(*, summary: pd.DataFrame, comparisons: pd.DataFrame, plateaus: 
         claims.append(Claim("E5", "NER gain over Qwen2.5-7B not significant (p=0.053)", measured,
                             "not testable at this profile", "the claim is about Qwen2.5-7B, which this run did not "
                             "evaluate (hub unreachable / not in profile); other baselines shown for context"))
+    elif not len(rows := comparisons[(comparisons.task == "ner") & (comparisons.baseline == qwen[0])]):
+        claims.append(Claim("E5", "NER gain over Qwen2.5-7B not significant (p=0.053)", "n/a",
+                            "not testable at this profile", "NER was not evaluated in this run"))
     else:
-        r = comparisons[(comparisons.task == "ner") & (comparisons.baseline == qwen[0])].iloc[0]
+        r = rows.iloc[0]
         claims.append(Claim("E5", "NER gain over Qwen2.5-7B not significant (p=0.053)",
                             f"Wilcoxon p={r.p_wilcoxon:.3g}", "replicated" if r.p_wilcoxon >= 0.05 else "not replicated",
                             "per-document ROUGE-L, two-sided"))

@@ -168,7 +168,7 @@ def _tiny_random_llama_folder() -> Path:
 
 
 def _hub_is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def resolve_model(name: str) -> ResolvedModel:

@@ -130,8 +130,6 @@ def test_read_conll_malformed_line_names_file_and_line(tmp_path, bad_line):
     _assert_one_line(msg)
 
 
-@pytest.mark.xfail(reason="BUG data.read_conll: trailing whitespace after a tab-separated tag is kept "
-                          "('B-PER '), which then splits the entity in io_to_bio", strict=False)
 def test_read_conll_trailing_whitespace_after_tag(tmp_path):
     f = _write(tmp_path / "ws.conll", "John\tB-PER \nSmith\tI-PER\t\nsaid\tO \n")
     assert read_conll(f)[0]["tags"] == ["B-PER", "I-PER", "O"]
@@ -192,8 +190,6 @@ def test_read_manifest_malformed_line(tmp_path):
     assert f"{m}:3" in str(exc.value)
 
 
-@pytest.mark.xfail(reason="BUG data.read_manifest: a non-integer bytes column raises a bare ValueError, "
-                          "not an IEError naming the line", strict=False)
 def test_read_manifest_bad_bytes_column(tmp_path):
     m = _write(tmp_path / "M.tsv", "header\n"
                                    "a/x.json\towner/repo@abc\tp/x.json\t" + "0" * 64 + "\tlots\n")
