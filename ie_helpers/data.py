@@ -36,6 +36,8 @@ DATASETS: dict[str, dict] = {
                                                     "dev": "ncbi-disease/devel.tsv", "test": "ncbi-disease/test.tsv"}},
     "bc5cdr": {"format": "conll",
                "splits": {"train": "bc5cdr/train.tsv", "dev": "bc5cdr/devel.tsv", "test": "bc5cdr/test.tsv"}},
+    "webnlg": {"format": "webnlg_xml", "splits": {"train": "webnlg/train/", "dev": "webnlg/dev/",
+                                                   "test": "webnlg/test-semantic-parsing.xml"}},
     "chemprot": {"format": "jsonl_classification", "splits": {
         "train": "chemprot/train.jsonl", "dev": "chemprot/dev.jsonl", "test": "chemprot/test.jsonl"}},
     "sci-cite": {"format": "jsonl_classification", "splits": {
@@ -219,7 +221,32 @@ def read_jsonl_classification(path: Path) -> list[dict]:
     return out
 
 
-READERS = {"unified_json": read_unified_json, "conll": read_conll, "jsonl_classification": read_jsonl_classification}
+def read_webnlg(paths) -> list[dict]:
+    """WebNLG 3.0 XML: one item per entry with its modified triples (underscores → spaces) and lexicalisations."""
+    import xml.etree.ElementTree as ET
+
+    items = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        try:
+            root = ET.parse(path).getroot()
+        except ET.ParseError as e:
+            raise IEError(f"{path}:{e.position[0]}: not valid WebNLG XML ({e})") from None
+        for entry in root.iter("entry"):
+            triples = []
+            for t in entry.iter("mtriple"):
+                parts = [x.strip().replace("_", " ") for x in (t.text or "").split("|")]
+                if len(parts) != 3:
+                    raise IEError(f"{path}: entry {entry.get('eid')}: malformed triple {t.text!r}; "
+                                  "expected 'subject | predicate | object'")
+                triples.append(tuple(parts))
+            texts = [(lex.text or "").strip() for lex in entry.iter("lex") if (lex.text or "").strip()]
+            items.append({"eid": entry.get("eid"), "category": entry.get("category"), "triples": triples,
+                          "texts": texts})
+    return items
+
+
+READERS = {"unified_json": read_unified_json, "conll": read_conll, "jsonl_classification": read_jsonl_classification,
+           "webnlg_xml": read_webnlg}
 
 
 def reader_for(path: Path):
@@ -288,6 +315,13 @@ def load_split(dataset: str, split: str, *, allow_synthetic: bool = False, allow
     if split not in spec["splits"]:
         raise IEError(f"dataset '{dataset}' has no '{split}' split (it has {', '.join(spec['splits'])})")
     local_path = spec["splits"][split]
+    if local_path.endswith("/"):  # a folder of manifest files (WebNLG train/dev are split by size and category)
+        files = sorted(k for k in read_manifest() if k.startswith(local_path))
+        located = [locate_file(f, allow_download=allow_download) for f in files]
+        items = READERS[spec["format"]]([p for p, _, _ in located])
+        digest = hashlib.sha256("".join(e.sha256 for _, _, e in located).encode()).hexdigest()
+        return items, Provenance(dataset, split, located[0][1], str(Path(located[0][0]).parent.parent), digest,
+                                 f"{len(files)} pinned files, e.g. {located[0][2].url}", len(items))
     try:
         path, source, entry = locate_file(local_path, allow_download=allow_download)
     except IEError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ie_helpers.config import available_recipes, load_config
 from ie_helpers.errors import IEError
-from ie_helpers.models import REPO_ROOT
+from ie_helpers.models import REPO_ROOT, resolve_model
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 REPORTS = REPO_ROOT / "reports"
@@ -39,12 +39,34 @@ def parse_value(text: str):
         return text
 
 
+def failure_message(executed_ipynb: Path) -> str:
+    """The one-line reason a notebook stopped: an IEError line (see notebook.setup) or the last error output."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed_ipynb, as_version=4)
+    except Exception:  # noqa: BLE001 - an unreadable partial notebook just means no better message
+        return ""
+    for cell in reversed(nb.cells):
+        for out in reversed(cell.get("outputs", [])):
+            if out.get("output_type") == "stream":
+                lines = [ln for ln in out.get("text", "").splitlines() if ln.startswith("ERROR: ")]
+                if lines:
+                    return lines[-1][len("ERROR: "):]
+            if out.get("output_type") == "error" and out.get("ename") not in (None, "", "CellExecutionError"):
+                return f"{out['ename']}: {out.get('evalue', '')}"
+    return ""
+
+
 def run_paper(paper: str, profile: str, params: dict, reports_dir: Path = REPORTS) -> Path:
     import papermill as pm
 
     from ie_helpers.report import build_index, export_notebook_html
 
-    load_config(paper, profile, **params)  # fail fast, before starting a kernel
+    cfg = load_config(paper, profile, **params)  # fail fast, before starting a kernel
+    for name in [cfg.get("model")] + list(cfg.get("baselines") or []):
+        if name:
+            resolve_model(name)
     out_dir = reports_dir / paper
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / f"{paper}.ipynb"
@@ -56,7 +78,8 @@ def run_paper(paper: str, profile: str, params: dict, reports_dir: Path = REPORT
         pm.execute_notebook(str(NOTEBOOKS / f"{paper}.ipynb"), str(partial), parameters=parameters,
                             cwd=str(NOTEBOOKS), progress_bar=False, log_output=True, kernel_name="python3")
     except pm.PapermillExecutionError as e:
-        raise IEError(f"{paper} notebook failed in cell {e.exec_count}: {e.ename}: {e.evalue} "
+        message = failure_message(partial) or f"{e.ename}: {e.evalue}"
+        raise IEError(f"{paper} notebook failed in cell {e.exec_count}: {message} "
                       f"(partial notebook: {partial})") from None
     os.replace(partial, executed)
     export_notebook_html(executed, out_dir)

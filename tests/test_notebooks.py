@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,14 @@ def test_notebook_runs_in_smoke_profile(paper, tmp_path):
     (["--paper", "etlch", "--profile", "gpu"], "unknown profile 'gpu'"),
     (["--paper", "nope"], "unknown paper 'nope'"),
     (["--paper", "etlch", "--profile", "smoke", "-p", "learning_rate", "1"], "unknown parameter(s) learning_rate"),
+    (["--paper", "etlch", "--profile", "smoke", "-p", "model", "meta-llama/Llama-3.2-1B-Instruct"],
+     "not available offline"),
+    (["--paper", "etlch", "--profile", "smoke", "-p", "training", "{lora: {rank: 8}}"], "unknown key(s) rank"),
 ])
 def test_bad_cli_input_is_one_line_error(args, expected, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", *args, "--reports-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
