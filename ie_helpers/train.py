@@ -56,6 +56,7 @@ class TrainSettings:
     # padding lengths to a multiple keeps the set of shapes small. 0 = pad to the longest only.
     pad_to_multiple_of: int = 64
     completion_head_only: bool = True  # LM head + loss only on completion tokens (same loss, less compute)
+    snapshot_every: int = 0  # also save the adapter every k optimizer steps (convergence curves); 0 = off
     full_finetune: bool = False  # train every weight instead of a LoRA adapter
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -79,6 +80,11 @@ class TrainResult:
     train_tokens: int
     log_history: list[dict]
     settings: dict
+
+    @property
+    def snapshots(self) -> list[int]:
+        """Optimizer steps at which an adapter snapshot was saved (see ``TrainSettings.snapshot_every``)."""
+        return sorted(int(p.name.split("-")[1]) for p in (self.run_dir / "snapshots").glob("step-*"))
 
     @property
     def tokens_per_second(self) -> float:
@@ -164,6 +170,17 @@ def _completion_head_trainer_class():
             return loss
 
     return CompletionHeadSFTTrainer
+
+
+def _snapshot_callback(every: int, folder: Path):
+    from transformers import TrainerCallback
+
+    class SaveAdapterEvery(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if every and state.global_step % every == 0 and state.is_world_process_zero:
+                model.save_pretrained(folder / f"step-{state.global_step}")
+
+    return SaveAdapterEvery()
 
 
 def _peft_config(lora: LoraSettings):
@@ -257,6 +274,9 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     peft_config = None if settings.full_finetune else _peft_config(settings.lora)
     args = _sft_config(settings, work_dir, precision)
     trainer_cls = _completion_head_trainer_class() if settings.completion_head_only else SFTTrainer
+    callbacks = list(callbacks or [])
+    if settings.snapshot_every:
+        callbacks.append(_snapshot_callback(settings.snapshot_every, work_dir / "snapshots"))
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
     if settings.lora.loraplus_ratio and not settings.full_finetune:
@@ -293,15 +313,17 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     return TrainResult(key, run_dir, False, seconds, info["train_tokens"], info["log_history"], info["settings"])
 
 
-def load_for_inference(model_name: str, result: TrainResult | None = None, *, dtype=None):
-    """Base model, with the run's adapter merged in when given (merged weights generate faster)."""
+def load_for_inference(model_name: str, result: TrainResult | None = None, *, dtype=None, snapshot: int | None = None):
+    """Base model, with the run's adapter (or its snapshot at optimizer step ``snapshot``) merged in."""
     import torch
 
     if dtype is None:
         dtype = torch.bfloat16 if resolve_precision("auto") == "bf16" else torch.float32
     model, tokenizer, resolved = load_causal_lm(model_name, dtype=dtype)
     if result is not None:
-        adapter = result.run_dir / "adapter"
+        adapter = result.run_dir / "adapter" if snapshot is None else result.run_dir / "snapshots" / f"step-{snapshot}"
+        if snapshot is not None and not adapter.exists():
+            raise IEError(f"run {result.key} has no snapshot at step {snapshot} (has {result.snapshots})")
         if (adapter / "adapter_config.json").exists():
             from peft import PeftModel
 

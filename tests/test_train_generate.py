@@ -79,3 +79,32 @@ def test_unknown_training_setting_is_a_clear_error():
 
     with pytest.raises(IEError, match="unknown training setting"):
         train.TrainSettings.from_dict({"learning_rate": 1e-4})
+
+
+def test_snapshots_and_loraplus_optimizer(tmp_path, monkeypatch):
+    """snapshot_every saves adapters during training; loraplus_ratio gives B matrices ratio × the lr of A."""
+    import torch
+
+    from ie_helpers import train
+
+    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
+    from ie_helpers.models import REPO_ROOT
+    if (REPO_ROOT / ".cache" / "models").exists():
+        (tmp_path / "models").symlink_to(REPO_ROOT / ".cache" / "models", target_is_directory=True)
+    seen = {}
+
+    from transformers import TrainerCallback
+
+    class GrabOptimizer(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            seen["groups"] = [(g["lr"], [n for n in g.get("names", [])]) for g in optimizer.param_groups]
+            seen["optimizer"] = optimizer
+
+    settings = {**SETTINGS, "snapshot_every": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "loraplus_ratio": 16}}
+    result = train.train_sft("tiny-random-llama", _records(6), settings, callbacks=[GrabOptimizer()],
+                             log=lambda *_: None)
+    assert result.snapshots and result.snapshots[0] == 2
+    model, _, _ = train.load_for_inference("tiny-random-llama", result, snapshot=result.snapshots[0],
+                                           dtype=torch.float32)
+    lrs = sorted({g["initial_lr"] if "initial_lr" in g else g["lr"] for g in seen["optimizer"].param_groups})
+    assert any(abs(hi / lo - 16) < 1e-6 for lo in lrs for hi in lrs if lo > 0), lrs
