@@ -50,6 +50,7 @@ class TrainSettings:
     max_length: int = 512
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 where native), "bf16", "fp32"
+    frozen_weights: str = "auto"  # dtype of the frozen base weights: "auto" (bf16 when training in bf16), "fp32"
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     # CPU bf16 kernels are rebuilt for every new tensor shape (~7 s each on this 2-core box);
@@ -224,10 +225,16 @@ def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
 
 
 def prepare_model(model_name: str, settings: TrainSettings, precision: str):
-    """Base model for training: frozen weights in bf16 when training in bf16 (adapters are kept fp32 by peft)."""
+    """Base model for training: frozen weights in bf16 when training in bf16 (adapters are kept fp32 by peft).
+
+    ``frozen_weights="fp32"`` keeps fp32 weights under bf16 autocast instead, as TRL's defaults do.
+    """
     import torch
 
-    frozen_dtype = torch.bfloat16 if precision == "bf16" and not settings.full_finetune else torch.float32
+    if settings.frozen_weights not in {"auto", "fp32"}:
+        raise IEError(f"unknown frozen_weights '{settings.frozen_weights}': use auto or fp32")
+    bf16_weights = precision == "bf16" and not settings.full_finetune and settings.frozen_weights == "auto"
+    frozen_dtype = torch.bfloat16 if bf16_weights else torch.float32
     model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype)
     tokenizer.padding_side = "right"
     return model, tokenizer, resolved
