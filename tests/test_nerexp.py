@@ -1,0 +1,498 @@
+"""Tests for ie_helpers.nerexp: records, scoring of messy generated outputs, experiment plans, claims F1–F3, L1–L4.
+
+Scores are checked against hand-computed seqeval strict values; claims run on small synthetic frames.
+Nothing here loads a model (a fake tokenizer counts characters).
+"""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ie_helpers import ner, nerexp
+from ie_helpers.config import load_config
+from ie_helpers.errors import IEError
+from ie_helpers.report import VERDICTS, Claim
+
+S1 = {"tokens": "John Smith works for Acme Corp in Boston .".split(),
+      "tags": ["B-PER", "I-PER", "O", "O", "B-ORG", "I-ORG", "O", "B-LOC", "O"]}
+S2 = {"tokens": "Mary met John in Paris .".split(), "tags": ["B-PER", "O", "B-PER", "O", "B-LOC", "O"]}
+S3 = {"tokens": "Nothing to see here .".split(), "tags": ["O"] * 5}
+SENTS = [S1, S2]
+TYPES = ["LOC", "ORG", "PER"]
+
+
+def _ents(*pairs):
+    return json.dumps([{"type": t, "text": x} for t, x in pairs])
+
+
+GOLD1 = _ents(("person", "John Smith"), ("organization", "Acme Corp"), ("location", "Boston"))
+GOLD2 = _ents(("person", "Mary"), ("person", "John"), ("location", "Paris"))
+
+
+def _score(outputs, sents=SENTS, **kw):
+    return nerexp.score_generated(outputs, sents, TYPES, n_boot=200, **kw)
+
+
+# --------------------------------------------------------------------------- records
+
+def test_records_have_the_papers_json_format():
+    recs = nerexp.ner_records([S1, S3], TYPES)
+    assert len(recs) == 2
+    for r in recs:
+        assert [m["role"] for m in r["prompt"]] == ["system", "user"]
+        assert [m["role"] for m in r["completion"]] == ["assistant"]
+    user = recs[0]["prompt"][1]["content"]
+    assert "location, organization, person" in user and user.endswith("Text: " + " ".join(S1["tokens"]))
+    answer = json.loads(recs[0]["completion"][0]["content"])
+    assert answer == [{"type": "person", "text": "John Smith"}, {"type": "organization", "text": "Acme Corp"},
+                      {"type": "location", "text": "Boston"}]  # readable names, order of appearance
+    assert all(list(a) == ["type", "text"] for a in answer)
+    assert recs[1]["completion"][0]["content"] == "[]"
+
+
+def test_records_from_io_tags_and_custom_label_names():
+    io = {"tokens": ["Acme", "Corp", "hired", "Maria", "Lopez"], "tags": ["I-ORG", "I-ORG", "O", "I-PER", "I-PER"]}
+    rec = nerexp.ner_records([io], ["ORG", "PER"], label_names={"ORG": "company"})[0]
+    assert json.loads(rec["completion"][0]["content"]) == [{"type": "company", "text": "Acme Corp"},
+                                                         {"type": "person", "text": "Maria Lopez"}]
+    assert "company, person" in rec["prompt"][1]["content"]
+    with pytest.raises(IEError, match="same name"):
+        nerexp.readable_names(["ORG", "PER"], {"ORG": "Person"})
+
+
+def test_few_shot_messages_put_demonstrations_first():
+    msgs = nerexp.few_shot_messages(S2, [S1, S3], TYPES)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert msgs[2]["content"] == GOLD1 and msgs[4]["content"] == "[]"
+    assert msgs[-1] == nerexp.ner_messages(S2, TYPES)[-1]
+    assert nerexp.few_shot_messages(S2, [], TYPES) == nerexp.ner_messages(S2, TYPES)
+
+
+def test_select_demonstrations_covers_types_and_adds_an_empty_one():
+    demos = nerexp.select_demonstrations([S2, S3, S1], 3, seed=0)
+    assert len(demos) == 3 and demos[-1] is S3
+    covered = {t for d in demos for *_, t in nerexp.gold_spans(d)}
+    assert covered == {"PER", "ORG", "LOC"}
+    assert nerexp.select_demonstrations([S1], 0) == []
+
+
+class CharTokenizer:
+    """Fake chat tokenizer: one token per 4 characters of the rendered conversation."""
+
+    def apply_chat_template(self, messages, tokenize=True, **kw):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return list(range(len(text) // 4))
+
+
+def test_filter_by_length_drops_long_sentences():
+    long = {"tokens": ["word"] * 400, "tags": ["O"] * 400}
+    kept, dropped = nerexp.filter_by_length([S1, long, S2], TYPES, CharTokenizer(), max_length=200)
+    assert kept == [S1, S2] and dropped == 1
+
+
+# --------------------------------------------------------------------------- scoring generated outputs
+
+def test_perfect_outputs():
+    sc = _score([GOLD1, GOLD2])
+    m = sc.metrics
+    assert m["micro_f1"] == 1.0 and m["macro_f1"] == 1.0 and m["micro_lo"] == 1.0
+    assert m["hallucinated"] == 0 and m["parse_fail_strict"] == 0 and m["parse_fail_lenient"] == 0
+    assert sc.pred_tags == [S1["tags"], S2["tags"]]
+    assert sc.errors["correct"] == 6 and sc.errors["missed"] == 0
+
+
+def test_hallucinated_mention_is_counted_not_aligned():
+    out = _ents(("person", "John Smith"), ("person", "Bill Gates"), ("organization", "Acme Corp"),
+                ("location", "Boston"))
+    sc = _score([out], sents=[S1])
+    assert sc.metrics["hallucinated"] == 1 and sc.errors["hallucinated"] == 1
+    assert sc.metrics["micro_f1"] == 1.0  # seqeval sees only aligned spans
+    assert sc.metrics["micro_f1_halluc_fp"] == pytest.approx(2 * 0.75 / 1.75)  # P = 3/4 with it as a false positive
+    assert sc.per_sentence.loc[0, "n_hallucinated"] == 1
+
+
+def test_wrong_type_by_hand():
+    out2 = _ents(("location", "Mary"), ("person", "John"), ("location", "Paris"))
+    sc = _score([GOLD1, out2])
+    m = sc.metrics
+    # tp 5 (3 + 2), fp 1 (Mary as LOC), fn 1 (Mary as PER)
+    assert m["n_correct"] == 5 and m["n_pred"] == 6 and m["n_gold"] == 6
+    assert m["micro_precision"] == pytest.approx(5 / 6) and m["micro_f1"] == pytest.approx(5 / 6)
+    # PER: tp 2 fn 1 -> F1 0.8; ORG: 1.0; LOC: tp 2 fp 1 -> F1 0.8
+    per_type = sc.per_type.set_index("type")["f1"]
+    assert per_type["PER"] == pytest.approx(0.8) and per_type["ORG"] == 1.0 and per_type["LOC"] == pytest.approx(0.8)
+    assert m["macro_f1"] == pytest.approx((0.8 + 1.0 + 0.8) / 3)
+    assert sc.errors["type"] == 1 and sc.errors["correct"] == 5 and sc.errors["missed"] == 0
+    assert m["micro_lo"] <= m["micro_f1"] <= m["micro_hi"]
+
+
+def test_malformed_json_and_none_predict_nothing():
+    truncated = GOLD1[: len(GOLD1) // 2]
+    sc = _score([truncated, None])
+    m = sc.metrics
+    assert m["micro_f1"] == 0.0 and m["n_pred"] == 0 and m["n_gold"] == 6
+    assert m["parse_fail_strict"] == 2 and m["parse_fail_lenient"] == 2
+    assert "truncated" in sc.per_sentence.loc[0, "parse_error"] and "None" in sc.per_sentence.loc[1, "parse_error"]
+    assert sc.errors["missed"] == 6
+
+
+def test_prose_around_json_is_lenient_and_types_map_back_case_insensitively():
+    out = "Sure! " + _ents(("Person", "mary"), ("PER", "John"), ("LOCATION", "Paris")) + " Done."
+    sc = _score([out], sents=[S2])
+    assert sc.per_sentence.loc[0, "parse_strict"] == 0.0 and sc.per_sentence.loc[0, "parse_lenient"] == 1.0
+    assert sc.metrics["micro_f1"] == 1.0  # "mary" aligns case-insensitively
+
+
+def test_repeated_mentions_take_successive_occurrences_and_unknown_types_count_as_errors():
+    s = {"tokens": "John and John met".split(), "tags": ["B-PER", "O", "B-PER", "O"]}
+    sc = nerexp.score_generated([_ents(("person", "John"), ("person", "John"))], [s], ["PER"], n_boot=50)
+    assert sc.metrics["micro_f1"] == 1.0
+    sc = nerexp.score_generated([_ents(("per son", "John"), ("person", "John"))], [s], ["PER"], n_boot=50)
+    assert sc.metrics["unknown_type"] == 1 and sc.metrics["micro_f1"] == pytest.approx(0.5)
+    assert "per_son" in sc.per_type["type"].tolist()
+
+
+@pytest.mark.parametrize("garbage", ["", "   ", "[[[[[[", "{}", "null", "[1, 2, 3]", 42, b"[]", 3.5,
+                                     '[{"type": null, "text": []}]', '{"person": ["John Smith"]}', "[" * 5000,
+                                     '[{"type": "", "text": "John"}]', '[{"type": "person", "text": "   "}]'])
+def test_score_generated_never_raises(garbage):
+    sc = _score([garbage, garbage])
+    assert 0.0 <= sc.metrics["micro_f1"] <= 1.0
+    assert len(sc.pred_tags[0]) == len(S1["tokens"]) and len(sc.pred_tags[1]) == len(S2["tokens"])
+
+
+def test_score_generated_length_mismatch_is_an_ieerror():
+    with pytest.raises(IEError, match="one output per sentence"):
+        _score([GOLD1])
+
+
+def test_macro_bootstrap_point_matches_seqeval():
+    rng = np.random.default_rng(0)
+    sents, outs = [], []
+    for k in range(30):
+        s = [S1, S2, S3][k % 3]
+        sents.append(s)
+        spans = nerexp.gold_spans(s)
+        keep = [(a, b, t) for a, b, t in spans if rng.random() < 0.7]
+        if rng.random() < 0.3 and keep:
+            a, b, _ = keep[0]
+            keep[0] = (a, b, "LOC")
+        outs.append(_ents(*[({"PER": "person", "ORG": "organization", "LOC": "location"}[t], " ".join(s["tokens"][a:b]))
+                            for a, b, t in keep]))
+    sc = nerexp.score_generated(outs, sents, TYPES, rare=["ORG"], n_boot=300)
+    gold = [ner.io_to_bio(s["tags"]) for s in sents]
+    ref = ner.score_ner(gold, sc.pred_tags)
+    assert sc.metrics["macro_f1"] == pytest.approx(ref["macro_f1"])
+    assert sc.metrics["macro_lo"] <= sc.metrics["macro_f1"] <= sc.metrics["macro_hi"]
+    typed = nerexp.bootstrap_type_f1(gold, sc.pred_tags, rare=["ORG"], n_boot=300)
+    org = ref["per_type"].set_index("type").loc["ORG", "f1"]
+    assert typed["rare_macro"] == pytest.approx(org) and typed["micro"] == pytest.approx(ref["micro_f1"])
+    assert typed["rare_minus_micro"] == pytest.approx(org - ref["micro_f1"])
+    assert typed["rare_minus_micro_lo"] <= typed["rare_minus_micro"] <= typed["rare_minus_micro_hi"]
+
+
+def test_encoder_tags_go_through_the_same_scoring():
+    pred = [S1["tags"], ["O"] * 6]
+    sc = nerexp.score_tags(pred, SENTS, n_boot=50)
+    assert sc.metrics["micro_f1"] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+    assert sc.metrics["parse_fail_lenient"] == 0 and sc.errors["missed"] == 3
+
+
+def test_tables_and_paired_tests():
+    scores = {"LoRA": _score([GOLD1, GOLD2]), "zero-shot": _score(["[]", None])}
+    systems = nerexp.systems_table(scores)
+    assert list(systems.system) == ["LoRA", "zero-shot"] and "rare_minus_micro" in systems
+    per_type = nerexp.per_type_table(scores, {"PER": 10, "ORG": 5, "LOC": 1}, ["LOC"])
+    assert per_type[per_type.type == "LOC"]["rare"].all() and (per_type.train_mentions > 0).all()
+    assert set(nerexp.errors_table(scores).columns) >= {"system", "type", "boundary", "hallucinated", "missed"}
+    comp = nerexp.paired_tests(SENTS, scores, "LoRA", ["zero-shot", "LoRA", "missing"], n_boot=100)
+    assert len(comp) == 1 and comp.loc[0, "diff"] == 1.0 and "p_holm" in comp
+
+
+def test_rare_types_and_type_counts():
+    train = [S1, S2, S2, S2]
+    assert nerexp.type_counts(train) == {"LOC": 4, "ORG": 1, "PER": 7}
+    assert nerexp.rare_types(train, share=0.15) == ["ORG"]
+
+
+# --------------------------------------------------------------------------- data
+
+def test_user_file_is_split_and_reported(tmp_path):
+    path = tmp_path / "mine.conll"
+    lines = []
+    for k in range(20):
+        lines += [f"Firm{k}\tB-ORG", "hired\tO", f"Person{k}\tB-PER", ""]
+    path.write_text("\n".join(lines))
+    d = nerexp.load_ner_data(str(path), need_dev=True)
+    assert len(d["test"]) == 4 and len(d["dev"]) == 2 and len(d["train"]) == 14
+    assert not {id(s) for s in d["test"]} & {id(s) for s in d["train"] + d["dev"]}
+    text = nerexp.data_statement(str(path), d["provenance"], d["notes"])
+    assert "user's own file" in text and "held out" in text and d["provenance"][0].sha256[:16] in text
+
+
+def test_registered_dataset_statement_mentions_the_private_corpus():
+    class P:
+        source, split, n_items = "mirror", "train", 10
+    text = nerexp.data_statement("fin-sec", [P()])
+    assert "private" in text and "fin-sec" in text
+
+
+# --------------------------------------------------------------------------- LoRA+ plan
+
+DATASETS = {"general": {"name": "wnut17", "seeds": [0]}, "biomedical": {"name": "ncbi-disease", "seeds": [0, 1]}}
+
+
+def _plan(sizes=(80,)):
+    return nerexp.loraplus_plan(DATASETS, {"general": 80, "biomedical": 80}, 16,
+                                {"role": "biomedical", "ratios": [1, 4, 16], "seeds": [0]},
+                                {"role": "biomedical", "sizes": list(sizes), "seeds": [0], "full_lr": 1e-4})
+
+
+def test_plan_reuses_runs_across_experiments():
+    plan = _plan()
+    keys = {nerexp.run_key(r) for _, r in plan[plan.method != "encoder"].iterrows()}
+    # main: 2 (general) + 4 (biomedical); sweep adds only ratio 4; low resource adds only full fine-tuning
+    assert len(keys) == 8
+    assert ("biomedical", "lora", 1.0, 80, 0) in keys and ("biomedical", "full", None, 80, 0) in keys
+    assert len(plan[(plan.experiment == "main") & (plan.method == "encoder")]) == 3
+    with pytest.raises(IEError, match="not in datasets"):
+        nerexp.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
+                             {"role": "clinical", "ratios": [1], "seeds": [0]},
+                             {"role": "biomedical", "sizes": [8], "seeds": [0], "full_lr": 1e-4})
+    with pytest.raises(IEError, match="curve_roles"):
+        nerexp.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
+                             {"role": "biomedical", "ratios": [1], "seeds": [0]},
+                             {"role": "biomedical", "sizes": [8], "seeds": [0], "full_lr": 1e-4}, curve_roles=["x"])
+
+
+def test_run_settings():
+    tr = load_config("loraplus", "cpu")["training"]
+    lora = nerexp.run_settings(tr, "lora", 1.0, full_lr=1e-4, snapshots=True)
+    plus = nerexp.run_settings(tr, "loraplus", 16.0, full_lr=1e-4, snapshots=False)
+    full = nerexp.run_settings(tr, "full", float("nan"), full_lr=1e-4, snapshots=True)
+    assert lora["lora"]["loraplus_ratio"] is None and lora["snapshot_every"] == tr["snapshot_every"] > 0
+    assert plus["lora"]["loraplus_ratio"] == 16.0 and plus["snapshot_every"] == 0
+    same = lambda d: {k: v for k, v in d.items() if k not in ("lora", "snapshot_every")}  # noqa: E731
+    assert same(lora) == same(plus) == same(tr)  # LoRA and LoRA+ differ only in B's learning rate
+    assert {k: v for k, v in lora["lora"].items() if k != "loraplus_ratio"} == {
+        k: v for k, v in plus["lora"].items() if k != "loraplus_ratio"}
+    assert full["full_finetune"] and full["lr"] == 1e-4 and full["snapshot_every"] == 0
+    assert tr["lora"]["r"] == 16 and tr["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"]
+
+
+def test_steps_to_peak_and_ratio():
+    curves = pd.DataFrame(
+        [("b", "lora", 0, s, f) for s, f in [(5, 0.1), (10, 0.3), (15, 0.5), (20, 0.6)]]
+        + [("b", "loraplus", 0, s, f) for s, f in [(5, 0.4), (10, 0.6), (15, 0.595), (20, 0.58)]]
+        + [("b", "lora", 1, s, 0.0) for s in (5, 10)] + [("b", "loraplus", 1, s, 0.2) for s in (5, 10)],
+        columns=["role", "method", "seed", "step", "f1"])
+    peaks = nerexp.steps_to_peak(curves, tol=0.01).set_index(["method", "seed"])
+    assert peaks.loc[("lora", 0), "peak_step"] == 20 and peaks.loc[("lora", 0), "censored"]
+    assert peaks.loc[("loraplus", 0), "peak_step"] == 10 and not peaks.loc[("lora", 1), "ok"]
+    ratios = nerexp.peak_ratios(peaks.reset_index())
+    assert len(ratios) == 1 and ratios.loc[0, "ratio"] == 0.5 and ratios.loc[0, "lora_censored"]
+
+
+def test_seed_spread():
+    res = pd.DataFrame({"experiment": "main", "role": "b", "method": "lora", "ratio": 1.0, "train_size": 80,
+                        "seed": [0, 1], "micro_f1": [0.4, 0.6]})
+    sp = nerexp.seed_spread(res).iloc[0]
+    assert sp["mean"] == pytest.approx(0.5) and sp["min"] == 0.4 and sp["max"] == 0.6 and sp["seeds"] == 2
+
+
+# --------------------------------------------------------------------------- claims
+
+def _check(claims, ids):
+    assert [c.claim_id for c in claims] == ids
+    for c in claims:
+        assert isinstance(c, Claim) and c.verdict in VERDICTS and c.measured_value and c.note
+
+
+def _systems(f1s: dict, rare_diff=(-0.2, -0.3, -0.1)):
+    rows = []
+    for name, f in f1s.items():
+        rows.append({"system": name, "micro_f1": f, "micro_lo": f - 0.05, "micro_hi": f + 0.05, "macro_f1": f - 0.1,
+                     "rare_types": "LOC, MISC", "rare_macro_f1": f + rare_diff[0], "rare_minus_micro": rare_diff[0],
+                     "rare_minus_micro_lo": rare_diff[1], "rare_minus_micro_hi": rare_diff[2]})
+    return pd.DataFrame(rows)
+
+
+def _comparisons(f1s: dict, final: str, p=0.001):
+    return pd.DataFrame([{"system": final, "baseline": b, "f1_system": f1s[final], "f1_baseline": f,
+                          "diff": f1s[final] - f, "lo": f1s[final] - f - 0.05, "hi": f1s[final] - f + 0.05,
+                          "p_value": p, "p_holm": p} for b, f in f1s.items() if b != final])
+
+
+FIN = {"LoRA seed=0": 0.7, "zero-shot m": 0.1, "few-shot k=3 m": 0.2, "encoder full seed=0": 0.75}
+LLM = {"m": ["zero-shot m", "few-shot k=3 m"]}
+PAPER_BASELINES = load_config("finner", "paper")["paper_baselines"]
+
+
+def _finner(f1s=FIN, model="smollm2-135m-instruct", llm=LLM, p=0.001, **kw):
+    claims = nerexp.finner_claims(systems=_systems(f1s, **kw), comparisons=_comparisons(f1s, "LoRA seed=0", p),
+                                  final_system="LoRA seed=0", llm_baselines=llm, paper_baselines=PAPER_BASELINES,
+                                  model=model, data_label="fin-sec")
+    _check(claims, ["F1", "F2", "F3"])
+    return {c.claim_id: c for c in claims}
+
+
+def test_finner_claims_small_model():
+    c = _finner()
+    assert c["F1"].verdict == "not testable at this profile" and "0.700" in c["F1"].measured_value
+    assert c["F2"].verdict == "direction only" and "not the paper's" in c["F2"].note
+    assert "few-shot k=3 m" in c["F2"].measured_value  # the stronger of zero- and few-shot is compared
+    assert c["F3"].verdict == "direction only" and "LOC, MISC" in c["F3"].measured_value
+
+
+def test_finner_claims_paper_scale():
+    f1s = {"LoRA seed=0": 0.88, "zero-shot Qwen/Qwen3-8B": 0.8, "few-shot k=3 Qwen/Qwen3-8B": 0.82}
+    llm = {"Qwen/Qwen3-8B": ["zero-shot Qwen/Qwen3-8B", "few-shot k=3 Qwen/Qwen3-8B"]}
+    c = _finner(f1s, model="meta-llama/Meta-Llama-3-8B-Instruct", llm=llm)
+    assert c["F1"].verdict == "replicated"  # CI 0.83–0.93 reaches 0.894
+    assert c["F2"].verdict == "replicated" and "Baichuan2-7B-Chat" in c["F2"].note
+    f1s["LoRA seed=0"] = 0.5
+    c = _finner(f1s, model="meta-llama/Meta-Llama-3-8B-Instruct", llm=llm)
+    assert c["F1"].verdict == "not replicated"
+
+
+def test_finner_claims_negative_and_untestable_cases():
+    c = _finner(p=0.3, rare_diff=(-0.05, -0.2, 0.1))
+    assert c["F2"].verdict == "not replicated" and c["F3"].verdict == "not replicated"
+    c = _finner(llm={})
+    assert c["F2"].verdict == "not testable at this profile"
+    c = _finner({"LoRA seed=0": 0.0, "zero-shot m": 0.0, "few-shot k=3 m": 0.0})
+    assert c["F2"].verdict == "not testable at this profile" and c["F3"].verdict == "not testable at this profile"
+    systems = _systems(FIN).assign(rare_types="", rare_macro_f1=float("nan"))
+    claims = nerexp.finner_claims(systems=systems, comparisons=_comparisons(FIN, "LoRA seed=0"),
+                                  final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
+                                  model="m", data_label="x", synthetic=False)
+    assert claims[2].verdict == "not testable at this profile"
+    synthetic = nerexp.finner_claims(systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"),
+                                     final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
+                                     model="m", data_label="x", synthetic=True)
+    _check(synthetic, ["F1", "F2", "F3"])
+    assert {c.verdict for c in synthetic} == {"not testable at this profile"}
+
+
+def _lp_results(f1: dict, low: dict | None = None):
+    """f1: (role, method) -> [per-seed F1]; low: (method, size) -> F1."""
+    rows = []
+    for (role, method), vals in f1.items():
+        for seed, v in enumerate(vals):
+            rows.append({"experiment": "main", "role": role, "method": method, "ratio": 1.0, "train_size": 80,
+                         "seed": seed, "micro_f1": v})
+    for (method, n), v in (low or {}).items():
+        rows.append({"experiment": "low_resource", "role": "biomedical", "method": method, "ratio": 16.0,
+                     "train_size": n, "seed": 0, "micro_f1": v})
+    return pd.DataFrame(rows)
+
+
+GOOD = {("general", "loraplus"): [0.40, 0.42], ("general", "lora"): [0.35, 0.37], ("general", "encoder"): [0.3, 0.3],
+        ("biomedical", "loraplus"): [0.6, 0.62], ("biomedical", "lora"): [0.5, 0.52],
+        ("biomedical", "encoder"): [0.55, 0.55]}
+LOW = {("loraplus", 100): 0.5, ("full", 100): 0.51, ("loraplus", 500): 0.7, ("full", 500): 0.69}
+
+
+def _peaks(plus_step=10, lora_step=20, last=20):
+    rows = []
+    for seed in (0, 1):
+        rows += [{"role": "biomedical", "method": "loraplus", "seed": seed, "peak_f1": 0.6, "peak_step": plus_step,
+                  "last_step": last, "censored": plus_step == last, "ok": True},
+                 {"role": "biomedical", "method": "lora", "seed": seed, "peak_f1": 0.5, "peak_step": lora_step,
+                  "last_step": last, "censored": lora_step == last, "ok": True}]
+    return pd.DataFrame(rows)
+
+
+def _lp(results, peaks, params=135e6, comparisons=None, **kw):
+    comparisons = comparisons if comparisons is not None else pd.DataFrame(
+        [{"role": r, "seed": 0, "diff": 0.05, "lo": -0.01, "hi": 0.1, "p_value": 0.2}
+         for r in ("general", "biomedical")])
+    claims = nerexp.loraplus_claims(results=results, comparisons=comparisons, peaks=peaks,
+                                    data_labels={"general": "wnut17", "biomedical": "ncbi-disease"},
+                                    encoder_labels={"general": "MiniLM", "biomedical": "MiniLM"}, model="m",
+                                    model_params=params, low_resource_sizes=[100, 500], snapshot_every=5, **kw)
+    _check(claims, ["L1", "L2", "L3", "L4"])
+    return {c.claim_id: c for c in claims}
+
+
+def test_loraplus_claims_small_model():
+    c = _lp(_lp_results(GOOD, LOW), _peaks())
+    assert c["L1"].verdict == "direction only" and "seeds: 0.400, 0.420" in c["L1"].measured_value
+    assert "wnut17 stands in for CoNLL-2003" in c["L1"].note and "p=0.2" in c["L1"].note
+    assert c["L2"].verdict == "direction only"
+    assert c["L3"].verdict == "direction only" and "ratio 0.50" in c["L3"].measured_value
+    assert "upper bound" in c["L3"].note  # LoRA peaked at its last snapshot
+    assert c["L4"].verdict == "direction only" and "n=500" in c["L4"].measured_value
+
+
+def test_loraplus_claims_paper_scale_and_failures():
+    c = _lp(_lp_results(GOOD, LOW), _peaks(lora_step=15), params=7e9)
+    assert c["L3"].verdict == "replicated" and c["L4"].verdict == "replicated"
+    assert c["L1"].verdict == "direction only"  # CoNLL-2003 is not here: never more than the ordering
+    bad = dict(GOOD)
+    bad[("biomedical", "loraplus")] = [0.5, 0.5]
+    bad[("general", "encoder")] = [0.5, 0.5]
+    c = _lp(_lp_results(bad, {("loraplus", 100): 0.4, ("full", 100): 0.5}), _peaks(plus_step=20, lora_step=10),
+            params=7e9)
+    assert c["L1"].verdict == "not replicated" and "encoder" in c["L1"].note
+    assert c["L2"].verdict == "not replicated" and c["L3"].verdict == "not replicated"
+    assert c["L4"].verdict == "not replicated" and "[500] not run" in c["L4"].note
+
+
+def test_loraplus_claims_not_testable():
+    zero = {k: [0.0, 0.0] for k in GOOD}
+    c = _lp(_lp_results(zero, {("loraplus", 100): 0.0, ("full", 100): 0.0}), _peaks().assign(ok=False))
+    assert {x.verdict for x in c.values()} == {"not testable at this profile"}
+    c = _lp(_lp_results({k: v for k, v in GOOD.items() if k[1] != "encoder"}), pd.DataFrame(),
+            comparisons=pd.DataFrame())
+    assert {x.verdict for x in c.values()} == {"not testable at this profile"}
+    synthetic = _lp(_lp_results(GOOD, LOW), _peaks(), synthetic=True)
+    assert {x.verdict for x in synthetic.values()} == {"not testable at this profile"}
+
+
+# --------------------------------------------------------------------------- recipes
+
+@pytest.mark.parametrize("paper", ["finner", "loraplus"])
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_recipes_load(paper, profile):
+    cfg = load_config(paper, profile)
+    assert cfg["model"] == {"smoke": "tiny-random-llama", "cpu": "smollm2-135m-instruct"}.get(profile, cfg["model"])
+    if profile == "smoke":
+        assert cfg["allow_synthetic"]
+
+
+def test_finner_paper_profile_uses_the_papers_hyperparameters():
+    cfg = load_config("finner", "paper")
+    tr = cfg["training"]
+    assert cfg["model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert (tr["lora"]["r"], tr["lora"]["alpha"], tr["lora"]["dropout"]) == (8, 16, 0.0)
+    assert (tr["lr"], tr["epochs"], tr["batch_size"], tr["grad_accum"], tr["max_length"]) == (5e-5, 3, 4, 6, 400)
+    assert math.isclose(float(cfg["paper_setting"]["lr"]), 5e-5)
+
+
+def test_loraplus_profiles():
+    cpu, paper = load_config("loraplus", "cpu"), load_config("loraplus", "paper")
+    assert cpu["loraplus_ratio"] == 16 and cpu["ratio_sweep"]["ratios"] == [1, 4, 16]
+    assert paper["ratio_sweep"]["ratios"] == [1, 2, 4, 8, 16, 32] and paper["low_resource"]["sizes"] == [100, 500]
+    assert len(cpu["datasets"]["biomedical"]["seeds"]) >= 2
+    assert load_config("loraplus", "cpu", datasets={"general": {"name": "my.conll"}})["datasets"]["general"] == {
+        "name": "my.conll", "seeds": [0]}
+
+
+@pytest.mark.parametrize("paper", ["finner", "loraplus"])
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_numeric_settings_are_numbers(paper, profile):
+    # PyYAML reads `5e-5` (no dot) as a string; every number the code uses must be a real number
+    cfg = load_config(paper, profile)
+    tr = cfg["training"]
+    for key in ("lr", "epochs", "batch_size", "grad_accum", "max_grad_norm", "warmup_ratio", "max_length"):
+        assert isinstance(tr[key], (int, float)) and not isinstance(tr[key], bool), (key, tr[key])
+    for key in ("r", "alpha", "dropout"):
+        assert isinstance(tr["lora"][key], (int, float)), (key, tr["lora"][key])
+    if paper == "loraplus":
+        assert isinstance(cfg["low_resource"]["full_lr"], float) and isinstance(cfg["loraplus_ratio"], (int, float))
+        assert "{types}" in cfg["instruction"]
