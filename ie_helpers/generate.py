@@ -95,3 +95,26 @@ def generate_unbatched(model, tokenizer, prompts: list[list[dict]], *, max_new_t
     """One prompt at a time, no padding: the reference that batched outputs are compared with."""
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
                     desc="generating (unbatched)", progress=False, stats=stats)
+
+
+def cached(payload: dict, compute):
+    """Return ``compute()``'s JSON-serialisable result, stored under a hash of ``payload``.
+
+    The payload must name everything the outputs depend on (weights, adapter run, prompts, decoding
+    settings); rerunning a notebook then re-renders the report without generating again.
+    """
+    import hashlib
+    import json
+
+    from ie_helpers import __version__
+    from ie_helpers.models import cache_dir
+    from ie_helpers.report import atomic_write_json
+
+    key = hashlib.sha256(json.dumps({**payload, "ie_helpers": __version__}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:20]
+    path = cache_dir() / "generations" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = compute()
+    atomic_write_json(path, result)
+    return result

@@ -251,6 +251,19 @@ def test_claims_qwen_without_ner_task():
     assert claims["E5"].verdict == "not testable at this profile"
 
 
+def test_claims_plateau_wide_ci_is_not_testable_and_late_plateau_not_replicated():
+    nan = float("nan")
+    wide = {"ner": {"ok": True, "point": 80.0, "lo": 27.0, "hi": 196.0},
+            "kge": {"ok": False, "point": nan, "lo": nan, "hi": nan},
+            "json": {"ok": True, "point": 342.0, "lo": 173.0, "hi": 1653.0}}
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE], train_sizes=(25, 50, 100, 300), plateaus=wide)
+    assert claims["E4"].verdict == "not testable at this profile"
+    assert "ner: 80 [27–196] (plateaus)" in claims["E4"].measured_value
+    late = {t: {"ok": True, "point": 900.0, "lo": 600.0, "hi": 2000.0} for t in ("ner", "kge", "json")}
+    claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE], train_sizes=(25, 50, 100, 300), plateaus=late)
+    assert claims["E4"].verdict == "not replicated"
+
+
 def test_claims_plateau_needs_three_sizes():
     nan = float("nan")
     plateaus = {t: {"ok": False, "point": nan, "lo": nan, "hi": nan} for t in ("ner", "kge", "json")}

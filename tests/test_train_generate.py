@@ -108,3 +108,16 @@ def test_snapshots_and_loraplus_optimizer(tmp_path, monkeypatch):
                                            dtype=torch.float32)
     lrs = sorted({g["initial_lr"] if "initial_lr" in g else g["lr"] for g in seen["optimizer"].param_groups})
     assert any(abs(hi / lo - 16) < 1e-6 for lo in lrs for hi in lrs if lo > 0), lrs
+
+
+def test_generation_cache_computes_once_per_payload(tmp_path, monkeypatch):
+    from ie_helpers.generate import cached
+
+    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
+    calls = []
+    compute = lambda: calls.append(1) or {"ner": ["[]"]}  # noqa: E731
+    assert cached({"model": "m", "docs": [["a"]]}, compute) == {"ner": ["[]"]}
+    assert cached({"model": "m", "docs": [["a"]]}, compute) == {"ner": ["[]"]}
+    assert len(calls) == 1
+    cached({"model": "m", "docs": [["b"]]}, compute)
+    assert len(calls) == 2
