@@ -117,6 +117,11 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+# Settings added after runs were cached: left out of the key while at these defaults (which change nothing),
+# so adding a knob does not invalidate every finished run.
+KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0}
+
+
 def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings) -> str:
     import peft
     import torch
@@ -126,7 +131,8 @@ def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings
     payload = {
         "model": model_fingerprint,
         "records": records,
-        "settings": dataclasses.asdict(settings),
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items()
+                     if KEY_NEUTRAL_DEFAULTS.get(k, object()) != v},
         "versions": [__version__, trl.__version__, peft.__version__, transformers.__version__,
                      torch.__version__.split("+")[0]],
     }

@@ -121,3 +121,15 @@ def test_generation_cache_computes_once_per_payload(tmp_path, monkeypatch):
     assert len(calls) == 1
     cached({"model": "m", "docs": [["b"]]}, compute)
     assert len(calls) == 2
+
+
+def test_run_key_ignores_later_knobs_at_neutral_defaults_only():
+    from ie_helpers import train
+
+    recs = _records(2)
+    base = train.TrainSettings()
+    key = train.run_key("fp", recs, base)
+    assert key == train.run_key("fp", recs, train.TrainSettings(frozen_weights="auto", snapshot_every=0))
+    assert key != train.run_key("fp", recs, train.TrainSettings(frozen_weights="fp32"))
+    assert key != train.run_key("fp", recs, train.TrainSettings(snapshot_every=5))
+    assert key != train.run_key("fp", recs, train.TrainSettings(lr=1e-3))
