@@ -163,7 +163,8 @@ def etlch_claims(*, summary: pd.DataFrame, comparisons: pd.DataFrame, plateaus: 
     """Verdicts for E1–E6, each with the figure measured and the reason in the note."""
     from ie_helpers.report import Claim
 
-    ran_paper_baselines = [b for b in baselines if b in paper_baselines]
+    # baselines may be plain model ids or system names such as "zero-shot Qwen/Qwen2.5-7B-Instruct"
+    ran_paper_baselines = [b for b in baselines if any(p in b for p in paper_baselines)]
     caveat = ("" if ran_paper_baselines else
               f" Baselines here are {', '.join(baselines) or 'none'} (zero-shot), not the paper's 7-8B models, "
               "so only the direction can be checked.")

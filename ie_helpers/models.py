@@ -163,7 +163,8 @@ def _tiny_random_llama_folder() -> Path:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    if not out.exists():
+        tmp.replace(out)
     return out
 
 

@@ -315,15 +315,12 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
             "log_history": trainer.state.log_history, "settings": dataclasses.asdict(settings),
             "model": model_name, "precision": precision, "n_records": len(records)}
     (work_dir / "done.json").write_text(json.dumps(info, default=str))
-    for stale in ("checkpoint",):
-        for p in work_dir.glob(f"{stale}-*"):
-            shutil.rmtree(p, ignore_errors=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     os.replace(work_dir, run_dir)
-    log(f"[train] done in {seconds:.1f}s ({info['train_tokens'] / seconds:.0f} tokens/s), "
-        f"final loss {TrainResult(key, run_dir, False, seconds, 0, info['log_history'], {}).final_loss:.3f}")
+    result = TrainResult(key, run_dir, False, seconds, info["train_tokens"], info["log_history"], info["settings"])
+    log(f"[train] done in {seconds:.1f}s ({result.tokens_per_second:.0f} tokens/s), final loss {result.final_loss:.3f}")
     del trainer, model
-    return TrainResult(key, run_dir, False, seconds, info["train_tokens"], info["log_history"], info["settings"])
+    return result
 
 
 def load_for_inference(model_name: str, result: TrainResult | None = None, *, dtype=None, snapshot: int | None = None):
