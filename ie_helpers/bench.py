@@ -11,8 +11,9 @@ One process, one run, three measurements on the same model and data:
    the base model loaded in fp32 (``frozen_weights="fp32"``); both go through ``train_sft``. ``--levers`` adds one run per lever: the baseline with that single change.
    Both sides train exactly one epoch over ``steps × batch`` records, so both process the same non-padding
    tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable.
-2. **Generation.** ``generate.generate`` (batched, length-sorted) against ``generate_unbatched`` on the same
-   CoNLL04 test NER prompts, base model (no adapter), greedy, in the dtype ``load_for_inference`` uses.
+2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
+   returns it: fp32 with oneDNN-packed linear layers on CPU, bf16 on GPU) against ``generate_unbatched`` on
+   the stock model in the same dtype, on the same CoNLL04 test NER prompts, base model (no adapter), greedy.
    ``greedy_match_rate`` is the share of prompts whose two output strings are identical; when it is low in
    bf16 the fp32 rate on a subset is also measured, to tell bf16 rounding from a batching bug.
 3. **Fraction of peak.** Model FLOPs of the fast training run over the machine's peak (see ``flops_model``
@@ -41,7 +42,7 @@ from pathlib import Path
 from ie_helpers.models import REPO_ROOT
 
 BATCH_SIZE = 8
-GEN_BATCH_SIZE = 16
+GEN_BATCH_SIZE = 48
 DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16}
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
@@ -134,6 +135,26 @@ def peak_flops(precision: str, override_gflops: float | None = None) -> dict:
             "assumption": (f"{cores} cores × {ghz:.3f} GHz ({clock_source}) × {per_cycle} FLOPs/cycle ({unit}) "
                            f"= {peak / 1e9:.0f} GFLOP/s; the issue estimated ~333 GFLOP/s bf16 for the 2-core "
                            "EPYC CI box (2 × 2.6 GHz × 64). Turbo/AVX clocks and memory bandwidth are ignored.")}
+
+
+def measured_matmul_flops(precision: str, size: int = 2048, repeats: int = 8) -> float:
+    """Best FLOP/s of a square matmul in ``precision``: what this machine's BLAS actually reaches."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    best = math.inf
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def device_info() -> dict:
@@ -300,13 +321,20 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
     described = {"frozen_weights": f"frozen base weights in {fast_weights} when training in bf16 (adapters stay fp32)",
                  "precision": "training precision", "gradient_checkpointing": "gradient checkpointing",
                  "group_by_length": "length-grouped batches", "pad_to_multiple_of": "pad lengths to a multiple",
-                 "completion_head_only": "LM head + loss on completion tokens only"}
+                 "completion_head_only": "LM head + loss on completion tokens only",
+                 "attn_implementation": "attention kernel (transformers' attn_implementation)",
+                 "reuse_heap": "glibc keeps freed memory in the heap (no mmap/munmap per large tensor)",
+                 "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)"}
     for f in dataclasses.fields(fast):
         a, b = getattr(fast, f.name), getattr(baseline, f.name)
         if f.name == "precision":
             from ie_helpers.train import resolve_precision
 
             a, b = resolve_precision(a), resolve_precision(b)
+        if f.name == "attn_implementation":
+            from ie_helpers.train import resolve_attention
+
+            a, b = resolve_attention(a), resolve_attention(b)
         if a != b:
             weights = fast_weights if f.name == "frozen_weights" else "float32"
             levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", {f.name: a}, weights))
@@ -322,21 +350,41 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     fast = TrainSettings(max_steps=steps, epochs=1.0, batch_size=BATCH_SIZE)
     baseline = dataclasses.replace(
         fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
-        group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32")
+        group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32",
+        fast_dropout=False, attn_implementation="sdpa", reuse_heap=False)
     fast_precision = resolve_precision(fast.precision)
     fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
 
-    # The fast path runs first, cold (one-time kernel builds land on it), so the speedup is not flattered.
-    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
-    with timer.stage("train_fast"):
-        fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
-    shutil.rmtree(fast_result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
+    # Order: baseline, then each lever, then the fast path. glibc heap reuse (reuse_heap) is process-wide once
+    # switched on and cannot be switched back to glibc's pristine dynamic thresholds, so every run before the
+    # fast path keeps the default allocator and the heap-reuse lever runs last. One-time costs (kernel builds,
+    # page cache) therefore land on the baseline; the notes say so.
     _log("training: plain-TRL-defaults baseline")
     with timer.stage("train_baseline"):
         base_result = train_sft(model_name, records, baseline, use_cache=False, log=lambda m: _log(m.strip()))
     shutil.rmtree(base_result.run_dir, ignore_errors=True)
-    fast_run = _run_summary(fast_result, fast_precision, fast_weights)
     base_run = _run_summary(base_result, resolve_precision(baseline.precision), "float32")
+    lever_runs = []
+    if levers:
+        ordered = sorted(lever_list(fast, baseline, fast_weights), key=lambda lv: lv[0].startswith("reuse_heap"))
+        for name, desc, change, weights in ordered:
+            _log(f"lever {name}: {desc}")
+            settings = dataclasses.replace(baseline, **change)
+            with timer.stage(f"lever:{name}"):
+                r = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
+            shutil.rmtree(r.run_dir, ignore_errors=True)
+            run = _run_summary(r, resolve_precision(settings.precision), weights)
+            lever_runs.append({
+                "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
+                "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
+                "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
+                "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
+                "losses": run["losses"]})
+    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
+    with timer.stage("train_fast"):
+        fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
+    shutil.rmtree(fast_result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
+    fast_run = _run_summary(fast_result, fast_precision, fast_weights)
     out = {
         "fast": {**fast_run, "settings": dataclasses.asdict(fast), "path": "ie_helpers.train.train_sft"},
         "baseline": {**base_run, "settings": dataclasses.asdict(baseline),
@@ -348,36 +396,25 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
                             "batch, so per-step losses differ by batch composition as well as by arithmetic. "
                             "Both runs see every record exactly once, so mean_loss is order-free; levers that "
                             "keep the batch order (all but group_by_length) show the arithmetic-only diff."),
-        "levers": [],
+        "run_order": ["baseline", *[lv["lever"] for lv in lever_runs], "fast"],
+        "levers": lever_runs,
     }
-    if levers:
-        for name, desc, change, weights in lever_list(fast, baseline, fast_weights):
-            _log(f"lever {name}: {desc}")
-            settings = dataclasses.replace(baseline, **change)
-            with timer.stage(f"lever:{name}"):
-                r = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
-            shutil.rmtree(r.run_dir, ignore_errors=True)
-            run = _run_summary(r, resolve_precision(settings.precision), weights)
-            out["levers"].append({
-                "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
-                "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
-                "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
-                "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
-                "losses": run["losses"]})
     return out
 
 
 # --------------------------------------------------------------------------- generation
 
 
-def _gen_pair(model, tokenizer, prompts, max_new_tokens: int) -> dict:
+def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int) -> dict:
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
-    generate(model, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)  # warm-up
+    for m in (model, baseline_model):  # warm-up
+        generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
     batched_stats, single_stats = GenerationStats(), GenerationStats()
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
                        progress=False, stats=batched_stats)
-    single = generate_unbatched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stats=single_stats)
+    single = generate_unbatched(baseline_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                stats=single_stats)
     matches = [a == b for a, b in zip(batched, single)]
     return {"tokens_per_s": batched_stats.new_tokens_per_s, "baseline_tokens_per_s": single_stats.new_tokens_per_s,
             "new_tokens": batched_stats.new_tokens, "baseline_new_tokens": single_stats.new_tokens,
@@ -395,15 +432,20 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
     from ie_helpers.train import load_for_inference
 
     with timer.stage("generate"):
-        model, tokenizer, _ = load_for_inference(model_name)  # the project's inference dtype
+        # the project's inference path (dtype, and oneDNN-packed layers on CPU) against the stock model
+        model, tokenizer, _ = load_for_inference(model_name)
+        baseline_model, _, _ = load_for_inference(model_name, onednn=False)
         if torch.cuda.is_available():
             model.to("cuda")
+            baseline_model.to("cuda")
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        packed = sum(type(m).__name__ == "OneDNNLinear" for m in model.modules())
         _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
-             f"batched (batch {GEN_BATCH_SIZE}) vs unbatched")
-        main = _gen_pair(model, tokenizer, prompts, max_new_tokens)
-        del model
-    out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens, **main,
+             f"batched (batch {GEN_BATCH_SIZE}, {packed} oneDNN-packed linear layers) vs unbatched stock model")
+        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens)
+        del model, baseline_model
+    out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
+           "onednn_packed_layers": packed, **main,
            "headline_dtype": dtype, "fp32_check": None}
     subset = prompts[:fp32_check_prompts]
     # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load
@@ -420,7 +462,7 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
             model, tokenizer, _ = load_for_inference(model_name, dtype=torch.float32)
             if torch.cuda.is_available():
                 model.to("cuda")
-            check = _gen_pair(model, tokenizer, subset, max_new_tokens)
+            check = _gen_pair(model, model, tokenizer, subset, max_new_tokens)
             del model
         out["fp32_check"] = check
     return out
@@ -559,6 +601,15 @@ def run(args: argparse.Namespace) -> dict:
         notes.append(f"TRL logged {base['logged_num_tokens']} non-padding tokens for the baseline vs "
                      f"{base['tokens']} counted from the dataset")
     peak = peak_flops(fast["precision"], args.peak_gflops)
+    matmul = measured_matmul_flops(fast["precision"])
+    peak["spec_peak_flops"] = peak["peak_flops"]
+    peak["measured_matmul_flops"] = matmul
+    if not args.peak_gflops and (not math.isfinite(peak["peak_flops"]) or matmul > peak["peak_flops"]):
+        # the per-cycle table cannot tell one 512-bit unit from two (Zen 4 vs Zen 5): trust the measurement
+        peak["assumption"] += (f" A 2048³ {fast['precision']} matmul measured {matmul / 1e9:.0f} GFLOP/s, above that "
+                               "estimate, so the measured figure is used as the peak.")
+        peak["peak_flops"] = matmul
+        peak["source"] = "measured 2048³ matmul (above the cores × clock × FLOPs/cycle estimate)"
     achieved = fast["tokens_per_s"] * flops["flops_per_token"]
     base_achieved = base["tokens_per_s"] * flops["baseline_flops_per_token"]
     fraction = achieved / peak["peak_flops"] if peak["peak_flops"] else float("nan")
@@ -573,8 +624,11 @@ def run(args: argparse.Namespace) -> dict:
         "Both sides run through train.train_sft; the baseline sets frozen_weights=fp32.",
         "tokens/s = non-padding tokens (prompt + completion, TRL's tokenization) of the one epoch over "
         "steps × batch records that both runs make, over trainer.train() wall time; both sides count the same "
-        "tokens. The fast path runs first and cold, so one-time kernel builds are charged to it.",
-        f"greedy_match_rate is measured in {gen['dtype']} (load_for_inference's dtype on this machine); "
+        "tokens. The baseline runs first (glibc heap reuse is process-wide once on, so it must come last), so "
+        "one-time costs such as kernel builds and the page cache are charged to the baseline.",
+        f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
+        f"{gen['onednn_packed_layers']} oneDNN-packed linear layers) vs one prompt at a time on the stock model. "
+        f"greedy_match_rate is measured in {gen['dtype']}; "
         "batched and unbatched greedy decoding use different matrix shapes, so low-precision rounding can "
         "flip a near-tie token and the rest of the output with it."
         + (f" fp32 check on {gen['fp32_check']['n_prompts']} prompts: {fp32_rate:.2f}." if fp32_rate is not None
@@ -582,9 +636,10 @@ def run(args: argparse.Namespace) -> dict:
         f"fraction_of_peak = train tokens/s × flops_per_token / peak_flops; {peak['assumption']}",
     ]
     if train["levers"]:
-        notes.append("levers run after the fast path and the baseline in the same process, so kernels built for "
-                     "shapes they share with those runs are already cached (this flatters pad_to_multiple_of most); "
-                     "lever speedups are indicative, the headline train_speedup is the measured comparison")
+        notes.append("each lever is the baseline with one change, run after the baseline in the same process, so "
+                     "kernels built for shapes it shares with earlier runs are already cached; reuse_heap runs last "
+                     "(process-wide). Lever speedups are indicative; the headline train_speedup is the measured "
+                     "comparison")
     if args.quick:
         notes.append("--quick run on a randomly initialised 2-layer model: a smoke test of the harness, "
                      "not a measurement (its greedy outputs decode to mostly empty strings, so the match rate "
@@ -609,6 +664,8 @@ def run(args: argparse.Namespace) -> dict:
         "peak_flops": peak["peak_flops"],
         "peak_flops_source": peak["source"],
         "peak_flops_assumption": peak["assumption"],
+        "spec_peak_flops": peak["spec_peak_flops"],
+        "measured_matmul_flops": peak["measured_matmul_flops"],
         "device": dev["device"],
         "device_type": dev["device_type"],
         "torch_threads": dev["torch_threads"],

@@ -1,8 +1,10 @@
 """Batched greedy generation for chat prompts.
 
-Prompts are sorted by length so each batch pads little, left-padded so every row's last
-prompt token sits at the same position, and each row stops at its end-of-turn marker.
-Outputs come back in the caller's order.
+Prompts are sorted by length so each batch pads little, the prefix all rows of a batch share is
+computed once, rows are left-padded after it so every row's last prompt token sits at the same
+position, and each row leaves the batch at its end-of-turn marker. Outputs come back in the
+caller's order. ``generate_unbatched`` (stock ``model.generate``, one prompt at a time) is the
+reference the batched path is checked against.
 """
 
 from __future__ import annotations
@@ -23,6 +25,56 @@ class GenerationStats:
     @property
     def new_tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else float("nan")
+
+
+def onednn_linear_class():
+    """``nn.Linear`` stand-in whose fp32 weight is pre-packed for oneDNN (``torch.utils.mkldnn.MkldnnLinear``).
+
+    On CPUs where torch's default fp32 BLAS runs a narrower code path (MKL on AMD takes AVX2), oneDNN's
+    packed fp32 GEMM is 1.5-2.3× faster for batched decoding and prefill; it is still fp32 arithmetic,
+    so outputs match the stock model up to summation order. Inference only (no gradients).
+    """
+    from torch import nn
+    from torch.utils.mkldnn import MkldnnLinear
+
+    class OneDNNLinear(nn.Module):
+        def __init__(self, linear: nn.Linear):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.packed = MkldnnLinear(linear, torch.float32)
+
+        def forward(self, x):
+            lead = x.shape[:-1]
+            y = self.packed(x.reshape(-1, self.in_features).contiguous())
+            return y.reshape(*lead, self.out_features)
+
+    return OneDNNLinear
+
+
+def parameter_count(model) -> int:
+    """Parameters of the model as loaded (tied weights once), also after ``pack_linear_layers``."""
+    recorded = getattr(model, "ie_parameter_count", None)
+    if recorded:
+        return recorded
+    return sum(p.numel() for p in model.parameters())
+
+
+def pack_linear_layers(model) -> int:
+    """Swap the fp32 ``nn.Linear`` layers of a CPU inference model for oneDNN-packed ones; returns how many.
+
+    A no-op (0) on GPU, for non-fp32 weights, or where torch was built without oneDNN.
+    """
+    from torch import nn
+
+    if not torch.backends.mkldnn.is_available() or next(model.parameters()).device.type != "cpu":
+        return 0
+    cls = onednn_linear_class()
+    model.ie_parameter_count = parameter_count(model)  # packed weights become buffers: count them before
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if type(child) is nn.Linear and child.weight.dtype == torch.float32]
+    for parent, name, child in targets:
+        setattr(parent, name, cls(child))
+    return len(targets)
 
 
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
@@ -55,34 +107,100 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def shared_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the token prefix every row shares, leaving each row at least one token of its own."""
+    if len(rows) < 2:
+        return 0
+    limit = min(len(r) for r in rows) - 1
+    first = rows[0]
+    n = 0
+    while n < limit and all(r[n] == first[n] for r in rows):
+        n += 1
+    return n
+
+
+def _forward(model, ids, mask, cache):
+    """One forward step with positions counted over real (unmasked) tokens, as ``model.generate`` does."""
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1].argmax(-1), out.past_key_values
+
+
+def greedy_batch(model, rows: list[list[int]], *, max_new_tokens: int, stops: list[int], pad_id: int,
+                 reuse_prefix: bool = True) -> list[list[int]]:
+    """Greedy continuations of token-id rows, each cut at (and without) its stop token.
+
+    Two savings over ``model.generate`` on the same batch, neither changing the arithmetic of a row:
+    the prefix that all rows share (chat header + instruction) is run once and its KV cache repeated
+    across the batch, and rows that have finished are dropped from the batch (and from the cache), so a
+    batch costs the sum of its answers' lengths rather than batch size × the longest answer. The layout
+    is [shared prefix][left padding][own suffix]; positions skip the padding.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    prefix = shared_prefix_length(rows) if reuse_prefix else 0
+    cache = DynamicCache()
+    prefix_mask = torch.ones((len(rows), 0), dtype=torch.long)
+    if prefix:
+        _, cache = _forward(model, torch.tensor([rows[0][:prefix]], device=device),
+                            torch.ones((1, prefix), dtype=torch.long, device=device), cache)
+        cache.batch_repeat_interleave(len(rows))
+        prefix_mask = torch.ones((len(rows), prefix), dtype=torch.long)
+    ids, suffix_mask = _left_pad([r[prefix:] for r in rows], pad_id)
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1).to(device)
+    token, cache = _forward(model, ids.to(device), mask, cache)
+    stop_set = set(stops)
+    outputs: list[list[int]] = [[] for _ in rows]
+    alive = list(range(len(rows)))
+    for _ in range(max_new_tokens):
+        keep = []
+        for j, t in enumerate(token.tolist()):
+            if t in stop_set:
+                continue
+            outputs[alive[j]].append(t)
+            if len(outputs[alive[j]]) < max_new_tokens:
+                keep.append(j)
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, token = mask[index], token[index]
+            alive = [alive[j] for j in keep]
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+        token, cache = _forward(model, token[:, None], mask, cache)
+    return outputs
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 16,
-             desc: str = "generating", progress: bool = True, stats: GenerationStats | None = None) -> list[str]:
-    """Greedy completions for chat prompts, in input order."""
+             desc: str = "generating", progress: bool = True, stats: GenerationStats | None = None,
+             reuse_prefix: bool = True) -> list[str]:
+    """Greedy completions for chat prompts, in input order (see ``greedy_batch``)."""
     from tqdm.auto import tqdm
 
+    if next(model.parameters()).device.type == "cpu":
+        from ie_helpers.train import reuse_freed_heap_memory
+
+        reuse_freed_heap_memory()  # the KV cache grows by concatenation: reuse freed blocks (~7% here)
     encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    device = next(model.parameters()).device
     outputs: list[str] = [""] * len(encoded)
     stats = stats if stats is not None else GenerationStats()
     start = time.perf_counter()
     bar = tqdm(total=len(encoded), desc=desc, disable=not progress, leave=False)
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
-        ids, mask = _left_pad([encoded[i] for i in idx], pad_id)
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
-                             temperature=None, top_p=None, top_k=None)
-        new = gen[:, ids.shape[1]:].cpu()
-        for row, i in zip(new, idx):
-            row = row.tolist()
-            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
-            stats.new_tokens += cut
-            outputs[i] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
-        stats.prompt_tokens += int(mask.sum())
+        rows = greedy_batch(model, [encoded[i] for i in idx], max_new_tokens=max_new_tokens, stops=stops,
+                            pad_id=pad_id, reuse_prefix=reuse_prefix)
+        for row, i in zip(rows, idx):
+            stats.new_tokens += len(row)
+            stats.prompt_tokens += len(encoded[i])
+            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         bar.update(len(idx))
     bar.close()
     stats.n_prompts += len(encoded)
@@ -90,11 +208,37 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     return outputs
 
 
+@torch.inference_mode()
+def generate_with_hf(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256,
+                     batch_size: int = 1, stats: GenerationStats | None = None) -> list[str]:
+    """``model.generate`` (greedy, left-padded batches): the stock path, kept as the reference."""
+    encoded = encode_prompts(tokenizer, prompts)
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    device = next(model.parameters()).device
+    outputs: list[str] = [""] * len(encoded)
+    stats = stats if stats is not None else GenerationStats()
+    start = time.perf_counter()
+    for b in range(0, len(encoded), batch_size):
+        idx = list(range(b, min(b + batch_size, len(encoded))))
+        ids, mask = _left_pad([encoded[i] for i in idx], pad_id)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad_id,
+                             temperature=None, top_p=None, top_k=None)
+        for row, i in zip(gen[:, ids.shape[1]:].cpu().tolist(), idx):
+            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
+            stats.new_tokens += cut
+            stats.prompt_tokens += len(encoded[i])
+            outputs[i] = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+    stats.n_prompts += len(encoded)
+    stats.seconds += time.perf_counter() - start
+    return outputs
+
+
 def generate_unbatched(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256,
                        stats: GenerationStats | None = None) -> list[str]:
-    """One prompt at a time, no padding: the reference that batched outputs are compared with."""
-    return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1,
-                    desc="generating (unbatched)", progress=False, stats=stats)
+    """One prompt at a time through ``model.generate``, no padding: the reference batched outputs are compared with."""
+    return generate_with_hf(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=1, stats=stats)
 
 
 def cached(payload: dict, compute):

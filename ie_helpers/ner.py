@@ -395,7 +395,8 @@ def paired_bootstrap_f1(
 
     Returns ``diff, lo, hi, p_value`` plus ``f1_a, f1_b, n_boot``.  ``p_value`` is the
     share of resamples whose difference does not have the sign of the observed one
-    (zero counts as a flip), times 2 (two-sided), capped at 1; 1.0 if diff == 0.
+    (zero counts as a flip), counted as (flips + 1) / (n_boot + 1) so that a finite
+    bootstrap never reports p = 0, times 2 (two-sided), capped at 1; 1.0 if diff == 0.
     """
     gold, a, b = list(gold_tag_seqs), list(pred_a), list(pred_b)
     _check_seqs(gold, a)
@@ -410,9 +411,9 @@ def paired_bootstrap_f1(
     d = boot_a - boot_b
     lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
     if diff > 0:
-        flips = float(np.mean(d <= 0))
+        flips = (float(np.sum(d <= 0)) + 1) / (n_boot + 1)
     elif diff < 0:
-        flips = float(np.mean(d >= 0))
+        flips = (float(np.sum(d >= 0)) + 1) / (n_boot + 1)
     else:
         flips = 0.5
     return {

@@ -45,6 +45,10 @@ def test_quick_bench_writes_complete_report(tmp_path):
     assert report["training"]["fast"]["tokens"] == report["training"]["baseline"]["tokens"] > 0
     assert math.isfinite(report["loss_curve_max_abs_diff"])
     assert report["stage_seconds"]["train_fast"] > 0 and report["library_versions"]["torch"]
+    # the baseline runs first (heap reuse is process-wide), the fast path last
+    assert report["training"]["run_order"][0] == "baseline" and report["training"]["run_order"][-1] == "fast"
+    # the peak is never below what a plain matmul reached on this machine
+    assert report["peak_flops"] >= report["measured_matmul_flops"] * 0.999 > 0
 
     html = (tmp_path / "summary.html").read_text()
     assert "data:image/png;base64," in html and "train speedup" in html

@@ -188,6 +188,8 @@ def test_paired_bootstrap():
     res = paired_bootstrap_f1(gold, good, bad, n_boot=300, seed=0)
     assert res["diff"] == pytest.approx(score_ner(gold, good)["micro_f1"] - score_ner(gold, bad)["micro_f1"])
     assert res["diff"] > 0 and res["lo"] > 0 and res["p_value"] < 0.05
+    # a finite bootstrap never claims p = 0: the floor is 2 / (n_boot + 1)
+    assert res["p_value"] >= 2 / 301
     same = paired_bootstrap_f1(gold, good, good, n_boot=50)
     assert same["diff"] == 0.0 and same["p_value"] == 1.0
     rev = paired_bootstrap_f1(gold, bad, good, n_boot=300, seed=0)

@@ -479,8 +479,9 @@ def test_loraplus_profiles():
     assert cpu["loraplus_ratio"] == 16 and cpu["ratio_sweep"]["ratios"] == [1, 4, 16]
     assert paper["ratio_sweep"]["ratios"] == [1, 2, 4, 8, 16, 32] and paper["low_resource"]["sizes"] == [100, 500]
     assert len(cpu["datasets"]["biomedical"]["seeds"]) >= 2
+    assert cpu["low_resource"]["sizes"] == [100, 500] and len(cpu["datasets"]["general"]["seeds"]) >= 2
     assert load_config("loraplus", "cpu", datasets={"general": {"name": "my.conll"}})["datasets"]["general"] == {
-        "name": "my.conll", "seeds": [0]}
+        "name": "my.conll", "seeds": [0, 1]}
 
 
 @pytest.mark.parametrize("paper", ["finner", "loraplus"])

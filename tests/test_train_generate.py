@@ -133,3 +133,127 @@ def test_run_key_ignores_later_knobs_at_neutral_defaults_only():
     assert key != train.run_key("fp", recs, train.TrainSettings(frozen_weights="fp32"))
     assert key != train.run_key("fp", recs, train.TrainSettings(snapshot_every=5))
     assert key != train.run_key("fp", recs, train.TrainSettings(lr=1e-3))
+    # a different random stream or attention kernel is a different run; the allocator setting is not
+    assert key != train.run_key("fp", recs, train.TrainSettings(fast_dropout=False))
+    assert key != train.run_key("fp", recs, train.TrainSettings(attn_implementation="sdpa"))
+    assert key == train.run_key("fp", recs, train.TrainSettings(reuse_heap=False))
+
+
+@pytest.mark.parametrize("p", [0.05, 0.4])
+def test_mask_dropout_has_nn_dropout_statistics(p):
+    """Same Bernoulli keep rate and the same expectation as nn.Dropout; identity in eval mode."""
+    import torch
+
+    from ie_helpers import train
+
+    drop = train.mask_dropout_class()(p)
+    x = torch.ones(400, 1000)
+    torch.manual_seed(0)
+    y = drop.train()(x)
+    kept = (y != 0).float().mean().item()
+    # 400k Bernoulli draws: the standard error of the keep rate is < 0.001
+    assert abs(kept - (1 - p)) < 0.004, kept
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / (1 - drop.drop_count / 65536))
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.equal(drop.eval()(x), x)
+    # masks differ between calls and are uncorrelated with position (no repeated 16-bit pattern)
+    z = drop.train()(x)
+    assert not torch.equal(y, z)
+    assert abs(((y != 0) & (z != 0)).float().mean().item() - (1 - p) ** 2) < 0.005
+    g = x.clone().requires_grad_()
+    drop.train()(g).sum().backward()
+    assert torch.allclose(g.grad[g.grad != 0], torch.tensor(1 / (1 - drop.drop_count / 65536)))
+
+
+def test_mask_dropout_replaces_lora_dropout_only():
+    from peft import LoraConfig, get_peft_model
+
+    from ie_helpers import train
+    from ie_helpers.models import load_causal_lm
+
+    model, _, _ = load_causal_lm("tiny-random-llama")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
+    n_lora = sum(1 for m in model.modules() if hasattr(m, "lora_dropout"))
+    assert train.use_mask_dropout(model) == n_lora > 0
+    assert train.use_mask_dropout(model) == 0  # nothing left to swap
+    names = {type(d).__name__ for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()}
+    assert names == {"MaskDropout"}
+
+
+def test_heap_reuse_is_reported_and_idempotent():
+    import sys
+
+    from ie_helpers import train
+
+    first = train.reuse_freed_heap_memory()
+    assert train.reuse_freed_heap_memory() is first
+    if sys.platform.startswith("linux"):
+        import platform
+        if platform.libc_ver()[0] == "glibc":
+            assert first
+
+
+def test_onednn_packed_model_matches_stock_model():
+    import torch
+
+    from ie_helpers.generate import generate, pack_linear_layers
+    from ie_helpers.models import load_causal_lm
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    model, tok, _ = load_causal_lm("tiny-random-llama")
+    model.eval()
+    ids = torch.randint(0, 1000, (3, 11))
+    with torch.no_grad():
+        stock = model(input_ids=ids).logits
+        n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+        assert pack_linear_layers(model) == n_linear > 0
+        packed = model(input_ids=ids).logits
+    assert torch.allclose(stock, packed, atol=1e-4, rtol=1e-4)
+    prompts = [[{"role": "user", "content": f"List the entities in: Paris is in France {i}"}] for i in range(3)]
+    assert len(generate(model, tok, prompts, max_new_tokens=4, batch_size=2, progress=False)) == 3
+
+
+def test_shared_prefix_length_leaves_every_row_a_token():
+    from ie_helpers.generate import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep their last token
+    assert shared_prefix_length([[7, 1], [8, 1]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0  # a single row: nothing to share
+
+
+def test_prefix_reuse_and_row_dropping_match_stock_generate():
+    """Token for token, the batched loop gives model.generate's greedy output of each prompt alone."""
+    import torch
+
+    from ie_helpers.generate import encode_prompts, greedy_batch
+    from ie_helpers.models import load_causal_lm
+
+    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
+    model.eval()
+    rows = encode_prompts(tok, [r["prompt"] for r in _records(3)])[:6]
+    rows[1] = rows[1][:-5]  # unequal lengths: the batch needs padding after the shared prefix
+
+    def stock(stop: int, max_new: int) -> list[list[int]]:
+        out = []
+        for r in rows:
+            g = model.generate(input_ids=torch.tensor([r]), attention_mask=torch.ones((1, len(r)), dtype=torch.long),
+                               do_sample=False, max_new_tokens=max_new, eos_token_id=[stop], pad_token_id=0)
+            new = g[0, len(r):].tolist()
+            out.append(new[:new.index(stop)] if stop in new else new)
+        return out
+
+    free_run = greedy_batch(model, rows, max_new_tokens=12, stops=[], pad_id=0)
+    assert all(len(r) == 12 for r in free_run)
+    unused = next(t for t in range(5, 10_000) if all(t not in r for r in free_run))
+    assert free_run == stock(unused, 12)
+    # a stop token that some rows emit early and others never: rows leave the batch at different steps
+    stop = free_run[0][3]
+    expected = stock(stop, 12)
+    assert len({len(r) for r in expected}) > 1
+    with torch.inference_mode():
+        assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0) == expected
+        assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, reuse_prefix=False) == expected
+        assert greedy_batch(model, rows, max_new_tokens=1, stops=[stop], pad_id=0) == [r[:1] for r in stock(stop, 1)]
