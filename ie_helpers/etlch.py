@@ -73,10 +73,13 @@ def score_outputs(outputs: dict[str, list[str]], docs: list[dict], entity_types:
     """One row per (task, document) with every metric; the unit for paired tests and bootstrap CIs."""
     rows = []
     golds = [gold_outputs(d, entity_types) for d in docs]
+    all_preds = [p for preds in outputs.values() for p in preds]
+    all_refs = [g[task] for task in outputs for g in golds]
+    cosines = iter(metrics.cosine_similarity(all_preds, all_refs, encoder))  # one encode call for every task
     for task, preds in outputs.items():
         refs = [g[task] for g in golds]
         rouge = metrics.rouge_l(preds, refs)
-        cos = metrics.cosine_similarity(preds, refs, encoder)
+        cos = [next(cosines) for _ in preds]
         meaning = TASK_MEANING[task]
         for i, (pred, ref) in enumerate(zip(preds, refs)):
             pred_set, result = meaning(pred)

@@ -1,10 +1,13 @@
 """Batched greedy generation for chat prompts.
 
-Prompts are sorted by length so each batch pads little, the prefix all rows of a batch share is
-computed once, rows are left-padded after it so every row's last prompt token sits at the same
-position, and each row leaves the batch at its end-of-turn marker. Outputs come back in the
-caller's order. ``generate_unbatched`` (stock ``model.generate``, one prompt at a time) is the
-reference the batched path is checked against.
+Prompts are sorted by length; in each batch the prefix all rows share is computed once, the rows'
+own suffixes are prefilled a few at a time (each chunk padded only to its own longest row) and laid
+out left-padded after the prefix so every row's last prompt token sits at the same position, the KV
+cache grows in place, and each row leaves the batch at its end-of-turn marker. Outputs come back in
+the caller's order. ``generate_unbatched`` (stock ``model.generate``, one prompt at a time) is the
+reference the batched path is checked against: for full-attention models the tokens are identical.
+Sliding-window models (Gemma 3, window 512) count padding columns inside their window, as padded
+batches in ``model.generate`` do, so prompts longer than the window can decode differently there.
 """
 
 from __future__ import annotations
@@ -119,6 +122,68 @@ def shared_prefix_length(rows: list[list[int]]) -> int:
     return n
 
 
+CACHE_SPARE_COLUMNS = 64  # columns a KV buffer reserves beyond what it holds each time it grows
+
+
+def preallocated_layer_class():
+    """``DynamicLayer`` whose keys and values live in buffers with spare room, so a decoding step writes one
+    column in place instead of concatenating (copying) the whole cache, ~10% of a step at batch 32 on CPU.
+    ``keys``/``values`` are views of the filled part; the arithmetic is that of ``DynamicLayer``."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def lazy_initialization(self, key_states, value_states):
+            super().lazy_initialization(key_states, value_states)
+            self.k_buf = self.v_buf = None
+            self.length = 0
+
+        def _reserve(self, like_k, like_v, need: int):
+            if self.k_buf is not None and need <= self.k_buf.shape[-2]:
+                return
+            k_new = like_k.new_zeros((*like_k.shape[:-2], need + CACHE_SPARE_COLUMNS, like_k.shape[-1]))
+            v_new = like_v.new_zeros((*like_v.shape[:-2], need + CACHE_SPARE_COLUMNS, like_v.shape[-1]))
+            if self.length:
+                k_new[..., :self.length, :] = self.k_buf[..., :self.length, :]
+                v_new[..., :self.length, :] = self.v_buf[..., :self.length, :]
+            self.k_buf, self.v_buf = k_new, v_new
+
+        def _expose(self):
+            self.keys, self.values = self.k_buf[..., :self.length, :], self.v_buf[..., :self.length, :]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, end = self.length, self.length + key_states.shape[-2]
+            self._reserve(key_states, value_states, end)
+            self.k_buf[..., start:end, :] = key_states
+            self.v_buf[..., start:end, :] = value_states
+            self.length = end
+            self._expose()
+            return self.keys, self.values
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.get_seq_length() > 0:
+                self.k_buf = self.k_buf.repeat_interleave(repeats, dim=0)
+                self.v_buf = self.v_buf.repeat_interleave(repeats, dim=0)
+                self._expose()
+
+        def batch_select_indices(self, indices) -> None:
+            if self.get_seq_length() > 0:
+                self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+                self._expose()
+
+    return PreallocatedLayer
+
+
+def new_cache():
+    """An empty ``DynamicCache`` built from ``preallocated_layer_class`` layers."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = preallocated_layer_class()
+    return cache
+
+
 def _forward(model, ids, mask, cache):
     """One forward step with positions counted over real (unmasked) tokens, as ``model.generate`` does."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
@@ -127,30 +192,64 @@ def _forward(model, ids, mask, cache):
     return out.logits[:, -1].argmax(-1), out.past_key_values
 
 
+def _prefill(model, rows: list[list[int]], prefix: int, prefix_cache, chunk: int, pad_id: int):
+    """First greedy token of every row and one cache laid out [shared prefix][left padding][own suffix].
+
+    Rows are run ``chunk`` at a time, each chunk padded only to its own longest suffix (rows come sorted
+    by length), then the chunks' caches are left-padded to the batch's width and stacked. Padding columns
+    are masked, so every row attends to exactly its own tokens, as in one padded batch, with fewer FLOPs.
+    """
+    device = next(model.parameters()).device
+    suffixes = [r[prefix:] for r in rows]
+    width = max(len(s) for s in suffixes)
+    tokens, pieces, masks = [], [], []
+    for b in range(0, len(rows), chunk):
+        part = suffixes[b:b + chunk]
+        ids, suffix_mask = _left_pad(part, pad_id)
+        cache = new_cache()
+        if prefix:
+            for layer_idx, layer in enumerate(prefix_cache.layers):
+                cache.update(layer.keys.expand(len(part), -1, -1, -1), layer.values.expand(len(part), -1, -1, -1),
+                             layer_idx)
+        mask = torch.cat([torch.ones((len(part), prefix), dtype=torch.long), suffix_mask], dim=1)
+        token, cache = _forward(model, ids.to(device), mask.to(device), cache)
+        pad = width - suffix_mask.shape[1]
+        masks.append(torch.cat([mask[:, :prefix], mask.new_zeros((len(part), pad)), mask[:, prefix:]], dim=1))
+        pieces.append([(layer.keys, layer.values) for layer in cache.layers])
+        tokens.append(token)
+    merged = new_cache()
+    for layer_idx in range(len(pieces[0])):
+        ks, vs = [], []
+        for chunk_layers, mask in zip(pieces, masks):
+            k, v = chunk_layers[layer_idx]
+            pad = mask.shape[1] - k.shape[-2]
+            if pad:
+                k = torch.cat([k[..., :prefix, :], k.new_zeros((*k.shape[:2], pad, k.shape[-1])), k[..., prefix:, :]], -2)
+                v = torch.cat([v[..., :prefix, :], v.new_zeros((*v.shape[:2], pad, v.shape[-1])), v[..., prefix:, :]], -2)
+            ks.append(k)
+            vs.append(v)
+        merged.update(torch.cat(ks), torch.cat(vs), layer_idx)
+    return torch.cat(tokens), torch.cat(masks).to(device), merged
+
+
 def greedy_batch(model, rows: list[list[int]], *, max_new_tokens: int, stops: list[int], pad_id: int,
-                 reuse_prefix: bool = True) -> list[list[int]]:
+                 reuse_prefix: bool = True, prefill_chunk: int = 8) -> list[list[int]]:
     """Greedy continuations of token-id rows, each cut at (and without) its stop token.
 
-    Two savings over ``model.generate`` on the same batch, neither changing the arithmetic of a row:
-    the prefix that all rows share (chat header + instruction) is run once and its KV cache repeated
-    across the batch, and rows that have finished are dropped from the batch (and from the cache), so a
-    batch costs the sum of its answers' lengths rather than batch size × the longest answer. The layout
-    is [shared prefix][left padding][own suffix]; positions skip the padding.
+    Savings over ``model.generate`` on the same batch, none changing the arithmetic of a row: the prefix
+    that all rows share (chat header + instruction) is run once and its KV cache repeated across the
+    batch; the prompts are prefilled in chunks padded to their own length (``_prefill``); the cache grows
+    in place (``preallocated_layer_class``); and rows that have finished are dropped from the batch and
+    the cache, so a batch costs the sum of its answers' lengths rather than batch size × the longest one.
+    The layout is [shared prefix][left padding][own suffix]; positions skip the padding.
     """
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     prefix = shared_prefix_length(rows) if reuse_prefix else 0
-    cache = DynamicCache()
-    prefix_mask = torch.ones((len(rows), 0), dtype=torch.long)
+    prefix_cache = None
     if prefix:
-        _, cache = _forward(model, torch.tensor([rows[0][:prefix]], device=device),
-                            torch.ones((1, prefix), dtype=torch.long, device=device), cache)
-        cache.batch_repeat_interleave(len(rows))
-        prefix_mask = torch.ones((len(rows), prefix), dtype=torch.long)
-    ids, suffix_mask = _left_pad([r[prefix:] for r in rows], pad_id)
-    mask = torch.cat([prefix_mask, suffix_mask], dim=1).to(device)
-    token, cache = _forward(model, ids.to(device), mask, cache)
+        _, prefix_cache = _forward(model, torch.tensor([rows[0][:prefix]], device=device),
+                                   torch.ones((1, prefix), dtype=torch.long, device=device), new_cache())
+    token, mask, cache = _prefill(model, rows, prefix, prefix_cache, max(1, prefill_chunk), pad_id)
     stop_set = set(stops)
     outputs: list[list[int]] = [[] for _ in rows]
     alive = list(range(len(rows)))
@@ -177,7 +276,7 @@ def greedy_batch(model, rows: list[list[int]], *, max_new_tokens: int, stops: li
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 16,
              desc: str = "generating", progress: bool = True, stats: GenerationStats | None = None,
-             reuse_prefix: bool = True) -> list[str]:
+             reuse_prefix: bool = True, prefill_chunk: int = 8) -> list[str]:
     """Greedy completions for chat prompts, in input order (see ``greedy_batch``)."""
     from tqdm.auto import tqdm
 
@@ -196,7 +295,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         rows = greedy_batch(model, [encoded[i] for i in idx], max_new_tokens=max_new_tokens, stops=stops,
-                            pad_id=pad_id, reuse_prefix=reuse_prefix)
+                            pad_id=pad_id, reuse_prefix=reuse_prefix, prefill_chunk=prefill_chunk)
         for row, i in zip(rows, idx):
             stats.new_tokens += len(row)
             stats.prompt_tokens += len(encoded[i])

