@@ -5,9 +5,8 @@ own suffixes are prefilled a few at a time (each chunk padded only to its own lo
 out left-padded after the prefix so every row's last prompt token sits at the same position, the KV
 cache grows in place, and each row leaves the batch at its end-of-turn marker. Outputs come back in
 the caller's order. ``generate_unbatched`` (stock ``model.generate``, one prompt at a time) is the
-reference the batched path is checked against: for full-attention models the tokens are identical.
-Sliding-window models (Gemma 3, window 512) count padding columns inside their window, as padded
-batches in ``model.generate`` do, so prompts longer than the window can decode differently there.
+reference the batched path is checked against: the tokens are identical, for sliding-window models
+too (they skip prefix sharing, whose padding would sit inside the window).
 """
 
 from __future__ import annotations
@@ -16,6 +15,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+# Bumped when batched decoding can give different tokens than before (2: sliding-window models no longer
+# share the prompt prefix), so cached generations from the older code are not reused.
+DECODING_REVISION = 2
 
 
 @dataclass
@@ -184,6 +187,15 @@ def new_cache():
     return cache
 
 
+def uses_sliding_window(model) -> bool:
+    """Whether some attention layer sees only a window of the most recent cache columns (Gemma 2/3, Mistral)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "sliding_window", None) is None:
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or any("sliding" in str(t) for t in layer_types)
+
+
 def _forward(model, ids, mask, cache):
     """One forward step with positions counted over real (unmasked) tokens, as ``model.generate`` does."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
@@ -217,18 +229,18 @@ def _prefill(model, rows: list[list[int]], prefix: int, prefix_cache, chunk: int
         masks.append(torch.cat([mask[:, :prefix], mask.new_zeros((len(part), pad)), mask[:, prefix:]], dim=1))
         pieces.append([(layer.keys, layer.values) for layer in cache.layers])
         tokens.append(token)
+    def widen(states, columns: int):  # insert masked zero columns between the prefix and the suffix
+        pad = columns - states.shape[-2]
+        if not pad:
+            return states
+        gap = states.new_zeros((*states.shape[:2], pad, states.shape[-1]))
+        return torch.cat([states[..., :prefix, :], gap, states[..., prefix:, :]], dim=-2)
+
     merged = new_cache()
     for layer_idx in range(len(pieces[0])):
-        ks, vs = [], []
-        for chunk_layers, mask in zip(pieces, masks):
-            k, v = chunk_layers[layer_idx]
-            pad = mask.shape[1] - k.shape[-2]
-            if pad:
-                k = torch.cat([k[..., :prefix, :], k.new_zeros((*k.shape[:2], pad, k.shape[-1])), k[..., prefix:, :]], -2)
-                v = torch.cat([v[..., :prefix, :], v.new_zeros((*v.shape[:2], pad, v.shape[-1])), v[..., prefix:, :]], -2)
-            ks.append(k)
-            vs.append(v)
-        merged.update(torch.cat(ks), torch.cat(vs), layer_idx)
+        keys = [widen(chunk_layers[layer_idx][0], m.shape[1]) for chunk_layers, m in zip(pieces, masks)]
+        values = [widen(chunk_layers[layer_idx][1], m.shape[1]) for chunk_layers, m in zip(pieces, masks)]
+        merged.update(torch.cat(keys), torch.cat(values), layer_idx)
     return torch.cat(tokens), torch.cat(masks).to(device), merged
 
 
@@ -241,10 +253,12 @@ def greedy_batch(model, rows: list[list[int]], *, max_new_tokens: int, stops: li
     batch; the prompts are prefilled in chunks padded to their own length (``_prefill``); the cache grows
     in place (``preallocated_layer_class``); and rows that have finished are dropped from the batch and
     the cache, so a batch costs the sum of its answers' lengths rather than batch size × the longest one.
-    The layout is [shared prefix][left padding][own suffix]; positions skip the padding.
+    The layout is [shared prefix][left padding][own suffix]; positions skip the padding. A sliding
+    window counts cache columns, padding included, so for sliding-window models the prefix is not
+    shared: all padding then sits left of every row and each window holds the row's own last tokens.
     """
     device = next(model.parameters()).device
-    prefix = shared_prefix_length(rows) if reuse_prefix else 0
+    prefix = shared_prefix_length(rows) if reuse_prefix and not uses_sliding_window(model) else 0
     prefix_cache = None
     if prefix:
         _, prefix_cache = _forward(model, torch.tensor([rows[0][:prefix]], device=device),
@@ -353,8 +367,8 @@ def cached(payload: dict, compute):
     from ie_helpers.models import cache_dir
     from ie_helpers.report import atomic_write_json
 
-    key = hashlib.sha256(json.dumps({**payload, "ie_helpers": __version__}, sort_keys=True,
-                                    default=str).encode()).hexdigest()[:20]
+    stamped = {**payload, "ie_helpers": __version__, "decoding": DECODING_REVISION}
+    key = hashlib.sha256(json.dumps(stamped, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = cache_dir() / "generations" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))

@@ -261,6 +261,43 @@ def test_prefix_reuse_and_row_dropping_match_stock_generate():
             assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, prefill_chunk=chunk) == expected
 
 
+def test_sliding_window_model_decodes_batched_as_one_at_a_time():
+    """A window counts cache columns: with the prefix shared, padding would sit inside it and change tokens."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from ie_helpers.generate import greedy_batch, uses_sliding_window
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256)
+    model = Gemma3ForCausalLM(config).eval()
+    assert uses_sliding_window(model)
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(3, 300, (5,), generator=g).tolist()
+    rows = [prefix + torch.randint(3, 300, (n,), generator=g).tolist() for n in (9, 3, 6, 12)]  # longer than 6
+    expected = [model.generate(input_ids=torch.tensor([r]), attention_mask=torch.ones((1, len(r)), dtype=torch.long),
+                               do_sample=False, max_new_tokens=10, eos_token_id=[299], pad_token_id=0)[0, len(r):].tolist()
+                for r in rows]
+    with torch.inference_mode():
+        for chunk in (1, 2, 8):
+            assert greedy_batch(model, rows, max_new_tokens=10, stops=[299], pad_id=0, prefill_chunk=chunk) == expected
+
+
+def test_full_attention_models_do_not_count_as_sliding():
+    from types import SimpleNamespace
+
+    from ie_helpers.generate import uses_sliding_window
+
+    def model(**config):
+        return SimpleNamespace(config=SimpleNamespace(**config))
+
+    assert not uses_sliding_window(model(num_hidden_layers=2))  # Llama: no sliding_window attribute
+    assert not uses_sliding_window(model(sliding_window=4096, layer_types=["full_attention"] * 2))  # Qwen2 default
+    assert uses_sliding_window(model(sliding_window=4096))  # Mistral: every layer windowed
+
+
 def test_kv_buffers_that_grow_mid_generation_change_nothing(monkeypatch):
     import torch
 
