@@ -7,6 +7,7 @@ set F1 over what the output means (entities for NER, triples for KGE, entities +
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ie_helpers import metrics, parsing
@@ -73,13 +74,14 @@ def score_outputs(outputs: dict[str, list[str]], docs: list[dict], entity_types:
     """One row per (task, document) with every metric; the unit for paired tests and bootstrap CIs."""
     rows = []
     golds = [gold_outputs(d, entity_types) for d in docs]
-    all_preds = [p for preds in outputs.values() for p in preds]
-    all_refs = [g[task] for task in outputs for g in golds]
-    cosines = iter(metrics.cosine_similarity(all_preds, all_refs, encoder))  # one encode call for every task
+    refs_by_task = {task: [g[task] for g in golds] for task in outputs}
+    all_cos = metrics.cosine_similarity([p for preds in outputs.values() for p in preds],  # one encode call
+                                        [r for refs in refs_by_task.values() for r in refs], encoder)
+    cos_by_task = dict(zip(outputs, np.split(all_cos, np.cumsum([len(p) for p in outputs.values()])[:-1])))
     for task, preds in outputs.items():
-        refs = [g[task] for g in golds]
+        refs = refs_by_task[task]
         rouge = metrics.rouge_l(preds, refs)
-        cos = [next(cosines) for _ in preds]
+        cos = cos_by_task[task]
         meaning = TASK_MEANING[task]
         for i, (pred, ref) in enumerate(zip(preds, refs)):
             pred_set, result = meaning(pred)
