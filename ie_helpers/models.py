@@ -13,6 +13,7 @@ hub is unreachable fails fast with a message naming the offline built-ins.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import os
@@ -186,38 +187,79 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(name, str(folder), "builtin", b.note)
     if Path(name).expanduser().is_dir():
         return ResolvedModel(name, str(Path(name).expanduser().resolve()), "local")
-    if "/" not in name:
-        raise IEError(f"unknown model '{name}': use a built-in ({', '.join(BUILTINS)}), "
-                      "a local folder or a hub id like 'meta-llama/Llama-3.2-1B-Instruct'")
+    parent = Path(name).expanduser().parent
+    looks_like_path = (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+                       or (str(parent) != "." and parent.is_dir()))
+    if looks_like_path:
+        raise IEError(f"model folder '{name}' not found (resolved against {Path.cwd()}); "
+                      "give an existing folder, a built-in or a hub id")
     from huggingface_hub import snapshot_download
 
-    try:
+    try:  # hub ids with an owner ('meta-llama/Llama-3.1-8B') and legacy ones without ('bert-base-cased')
         return ResolvedModel(name, snapshot_download(name, local_files_only=True), "hub-cache")
     except Exception:  # not in the local HF cache: fall through to a download
         pass
-    offline_hint = (f"model '{name}' is not available offline: the hub cannot be reached from here. "
+    close = [b for b in BUILTINS if name.lower() in b] or difflib.get_close_matches(name.lower(), list(BUILTINS),
+                                                                                   n=1, cutoff=0.6)
+    hint = f" (did you mean the built-in '{close[0]}'?)" if close else ""
+    offline_hint = (f"model '{name}' is not available offline{hint}: the hub cannot be reached from here. "
                     f"Use an offline built-in ({', '.join(BUILTINS)}) or a local folder with its weights")
     if _hub_is_offline():
         raise IEError(offline_hint)
     try:
         return ResolvedModel(name, snapshot_download(name, etag_timeout=10), "hub")
-    except Exception as e:  # noqa: BLE001 - any download failure means the same thing to the user
-        raise IEError(f"{offline_hint} (download failed: {type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line that says what to do
+        raise IEError(hub_failure_message(name, e, offline_hint)) from None
 
 
-def load_causal_lm(name: str, *, dtype=None, attn_implementation: str | None = None):
-    """Return (model, tokenizer, ResolvedModel) for a decoder; tokenizer pads on the left for generation."""
+def hub_failure_message(name: str, error: Exception, offline_hint: str) -> str:
+    """What a failed hub download means for the user: licence to accept, token to set, or no network."""
+    kind = type(error).__name__
+    if kind == "GatedRepoError" or "gated" in str(error).lower():
+        return (f"model '{name}' is gated: accept its licence at https://huggingface.co/{name} with your account, "
+                "then set HF_TOKEN (or run `huggingface-cli login`) and rerun")
+    if kind in ("RepositoryNotFoundError", "RevisionNotFoundError"):
+        return (f"model '{name}' was not found on the hub: check the id, or set HF_TOKEN if it is a private "
+                "repository you can read")
+    return f"{offline_hint} (download failed: {kind})"
+
+
+# Hub models whose architecture ships as Python code in the repository (transformers runs it only when
+# told to). Others can be allowed with IE_TRUST_REMOTE_CODE=1, after reading that code.
+TRUSTED_REMOTE_CODE = ("baichuan-inc/",)
+
+
+def trust_remote_code(name: str) -> bool:
+    return name.startswith(TRUSTED_REMOTE_CODE) or os.environ.get("IE_TRUST_REMOTE_CODE", "") == "1"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(name: str, *, dtype=None, attn_implementation: str | None = None, device: str | None = None):
+    """Return (model, tokenizer, ResolvedModel) for a decoder on ``device`` (default: CUDA when present, else
+    CPU); the tokenizer pads on the left for generation."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_model(name)
     if name in BUILTINS and BUILTINS[name].kind != "causal-lm":
         raise IEError(f"model '{name}' is an encoder, not a causal language model")
-    kwargs = {"dtype": dtype or torch.float32}
+    kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code(name)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=kwargs["trust_remote_code"])
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise IEError(f"model '{name}' needs code from its hub repository to load: read it, then set "
+                      "IE_TRUST_REMOTE_CODE=1 and rerun") from None
+    model.to(device or default_device())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -10,7 +10,6 @@ executed into ``reports/<paper>/<paper>.ipynb``, then rendered to ``report.html`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -61,7 +60,7 @@ def failure_message(executed_ipynb: Path) -> str:
 def run_paper(paper: str, profile: str, params: dict, reports_dir: Path = REPORTS) -> Path:
     import papermill as pm
 
-    from ie_helpers.report import build_index, export_notebook_html
+    from ie_helpers.pages import build_index, export_notebook_html
 
     cfg = load_config(paper, profile, **params)  # fail fast, before starting a kernel
     for name in [cfg.get("model")] + list(cfg.get("baselines") or []):

@@ -9,7 +9,7 @@ arithmetic is done, not in what is learned: no gradient checkpointing, frozen ba
 stored in bf16 where the CPU has native bf16 (adapters stay fp32), length-grouped batches so
 little compute is spent on padding, the LM head evaluated only on completion tokens, LoRA
 dropout masks drawn from 16-bit slices of random words instead of one Bernoulli draw per
-element (same distribution, different random stream; see ``mask_dropout_class``), transformers'
+element (same distribution, different random stream; see ``cpu_speed.mask_dropout_class``), transformers'
 eager attention on CPU, and glibc keeping freed memory for reuse (``reuse_freed_heap_memory``).
 """
 
@@ -21,65 +21,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ie_helpers import __version__
+from ie_helpers.cpu_speed import reuse_freed_heap_memory, use_mask_dropout
 from ie_helpers.errors import IEError
-from ie_helpers.models import cache_dir, load_causal_lm, resolve_model
-
-
-@dataclass
-class LoraSettings:
-    r: int = 32
-    alpha: int = 64
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-    loraplus_ratio: float | None = None  # LoRA+: lr of B = ratio × lr of A (peft's create_loraplus_optimizer)
-
-
-@dataclass
-class TrainSettings:
-    lr: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "linear"
-    max_length: int = 512
-    seed: int = 0
-    precision: str = "auto"  # "auto" (bf16 where native), "bf16", "fp32"
-    frozen_weights: str = "auto"  # dtype of the frozen base weights: "auto" (bf16 when training in bf16), "fp32"
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    # pad each batch to a multiple of this (0 = to its longest row). On this CPU with the eager attention
-    # path a new sequence length costs no measurable setup time (a step at 264 tokens right after 256: 2.91 s,
-    # repeated: 2.92 s), so a small multiple wastes least; 8 also suits GPU tensor cores.
-    pad_to_multiple_of: int = 8
-    completion_head_only: bool = True  # LM head + loss only on completion tokens (same loss, less compute)
-    # "auto": transformers' eager attention on CPU (matmul + fp32 softmax: ~10% faster per training step
-    # than torch's CPU flash-attention kernel here), SDPA on GPU
-    attn_implementation: str = "auto"
-    # glibc on CPU: keep freed memory in the heap for the next step instead of unmapping every large tensor
-    # and page-faulting it back (~20% of a step at 500 tokens). Process-wide once set; does not change results.
-    reuse_heap: bool = True
-    fast_dropout: bool = True  # on CPU, LoRA dropout masks from 16-bit slices of random words (see MaskDropout)
-    snapshot_every: int = 0  # also save the adapter every k optimizer steps (convergence curves); 0 = off
-    full_finetune: bool = False  # train every weight instead of a LoRA adapter
-    lora: LoraSettings = field(default_factory=LoraSettings)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainSettings":
-        d = dict(d)
-        lora = LoraSettings(**d.pop("lora", {}))
-        valid = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - valid)
-        if bad:
-            raise IEError(f"unknown training setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
-        return cls(lora=lora, **d)
+from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
+from ie_helpers.settings import LoraSettings, TrainSettings, resolve_attention, resolve_precision
 
 
 @dataclass
@@ -107,63 +56,9 @@ class TrainResult:
         return losses[-1] if losses else float("nan")
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str) -> str:
-    import torch
-
-    if precision == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision not in {"bf16", "fp32"}:
-        raise IEError(f"unknown precision '{precision}': use auto, bf16 or fp32")
-    return precision
-
-
-_HEAP_REUSED = False
-
-
-def reuse_freed_heap_memory() -> bool:
-    """Ask glibc to serve large allocations from the heap and never give freed memory back to the OS.
-
-    By default every tensor above the mmap threshold (at most 32 MB) is mapped on allocation and
-    unmapped on free, so each training step page-faults its activations in again. With mmap off and
-    trimming off, freed blocks are reused: resident memory stays at its peak instead. Linux/glibc only;
-    returns whether the setting is active.
-    """
-    global _HEAP_REUSED
-    if _HEAP_REUSED:
-        return True
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # musl or another libc: leave the allocator alone
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    _HEAP_REUSED = bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    return _HEAP_REUSED
-
-
-def resolve_attention(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "sdpa" if torch.cuda.is_available() else "eager"
-    if name not in {"eager", "sdpa", "flash_attention_2"}:
-        raise IEError(f"unknown attn_implementation '{name}': use auto, eager, sdpa or flash_attention_2")
-    return name
-
+# Bumped whenever the training path can produce a different adapter from the same records and settings
+# (a changed loss, dropout stream, optimizer or data collation), so runs cached by older code are not reused.
+TRAINING_REVISION = 1
 
 # Settings added after runs were cached: left out of the key while at these defaults (which change nothing),
 # so adding a knob does not invalidate every finished run.
@@ -182,6 +77,7 @@ def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings
         "records": records,
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()
                      if KEY_NEUTRAL_DEFAULTS.get(k, object()) != v and k not in NEVER_IN_KEY},
+        "revision": TRAINING_REVISION,
         "versions": [__version__, trl.__version__, peft.__version__, transformers.__version__,
                      torch.__version__.split("+")[0]],
     }
@@ -226,59 +122,6 @@ def _completion_head_trainer_class():
             return loss
 
     return CompletionHeadSFTTrainer
-
-
-def mask_dropout_class():
-    """``MaskDropout``: inverted dropout whose keep mask comes from 16-bit slices of 64-bit random words.
-
-    ``nn.Dropout`` on CPU draws one Bernoulli sample per element from torch's generator; with LoRA on
-    every linear layer that was a third of a training step at p=0.05 and half of it at p=0.4. Here one
-    64-bit draw yields four uniform 16-bit numbers, and an element is dropped when its number falls
-    below ``round(p * 65536)``: the same Bernoulli distribution with p rounded to 1/65536 (the scale
-    uses that rounded p, so the expectation is exact). Only the random stream differs from nn.Dropout.
-    """
-    import torch
-    from torch import nn
-
-    class MaskDropout(nn.Module):
-        def __init__(self, p: float):
-            super().__init__()
-            if not 0.0 <= p < 1.0:
-                raise IEError(f"dropout probability must be in [0, 1), got {p}")
-            self.p = p
-            self.drop_count = round(p * 65536)
-            self.threshold = -32768 + self.drop_count  # signed view of a uniform 16-bit number
-            self.scale = 1.0 / (1.0 - self.drop_count / 65536)
-
-        def forward(self, x):
-            if not self.training or self.drop_count == 0:
-                return x
-            n = x.numel()
-            words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
-            keep = words.view(torch.int16)[:n].view(x.shape) >= self.threshold
-            return x * keep.to(x.dtype).mul_(self.scale)
-
-        def extra_repr(self) -> str:
-            return f"p={self.p}, effective_p={self.drop_count / 65536:.6f}"
-
-    return MaskDropout
-
-
-def use_mask_dropout(model) -> int:
-    """Swap every LoRA ``nn.Dropout`` in ``model`` for ``MaskDropout``; returns how many were swapped."""
-    from torch import nn
-
-    cls = mask_dropout_class()
-    swapped = 0
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, nn.ModuleDict):
-            continue
-        for name, layer in dropouts.items():
-            if isinstance(layer, nn.Dropout) and layer.p > 0:
-                dropouts[name] = cls(layer.p)
-                swapped += 1
-    return swapped
 
 
 def _snapshot_callback(every: int, folder: Path):
@@ -332,17 +175,50 @@ def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
     )
 
 
-def prepare_model(model_name: str, settings: TrainSettings, precision: str):
+LARGE_MODEL_PARAMS = 3e9  # from here on, fp32 weights + gradients + AdamW states no longer fit one 80 GB GPU
+
+
+def parameters_on_disk(folder: str | Path) -> int:
+    """Parameter count of a safetensors checkpoint, read from the file headers (no weights loaded); 0 if none."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                n = 1
+                for dim in handle.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+def memory_plan(n_params: int, *, full_finetune: bool, cuda: bool, have_bitsandbytes: bool) -> dict:
+    """How a full fine-tune of a 7-8B model fits one GPU, or {} when nothing needs changing.
+
+    fp32 weights, gradients and AdamW states take 16 bytes per parameter (~128 GB at 8B). The plan keeps
+    weights and gradients in bf16, recomputes activations (gradient checkpointing) and uses 8-bit paged
+    AdamW states from bitsandbytes when installed, else Adafactor's factored states: ~6 bytes per
+    parameter (~48 GB at 8B). LoRA runs, small models and CPU runs are left as they are.
+    """
+    if not (full_finetune and cuda and n_params >= LARGE_MODEL_PARAMS):
+        return {}
+    return {"weights": "bf16", "gradient_checkpointing": True,
+            "optim": "paged_adamw_8bit" if have_bitsandbytes else "adafactor"}
+
+
+def prepare_model(model_name: str, settings: TrainSettings, precision: str, plan: dict | None = None):
     """Base model for training: frozen weights in bf16 when training in bf16 (adapters are kept fp32 by peft).
 
-    ``frozen_weights="fp32"`` keeps fp32 weights under bf16 autocast instead, as TRL's defaults do.
+    ``frozen_weights="fp32"`` keeps fp32 weights under bf16 autocast instead, as TRL's defaults do; a
+    ``memory_plan`` may put a large model's trainable weights in bf16 too.
     """
     import torch
 
     if settings.frozen_weights not in {"auto", "fp32"}:
         raise IEError(f"unknown frozen_weights '{settings.frozen_weights}': use auto or fp32")
     bf16_weights = precision == "bf16" and not settings.full_finetune and settings.frozen_weights == "auto"
-    frozen_dtype = torch.bfloat16 if bf16_weights else torch.float32
+    frozen_dtype = torch.bfloat16 if bf16_weights or (plan or {}).get("weights") == "bf16" else torch.float32
     model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype,
                                                 attn_implementation=resolve_attention(settings.attn_implementation))
     tokenizer.padding_side = "right"
@@ -384,13 +260,20 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     if settings.reuse_heap and not torch.cuda.is_available():
         reuse_freed_heap_memory()
     torch.manual_seed(settings.seed)
-    model, tokenizer, _ = prepare_model(model_name, settings, precision)
+    import importlib.util
+
+    plan = memory_plan(parameters_on_disk(resolved.path), full_finetune=settings.full_finetune,
+                       cuda=torch.cuda.is_available(), have_bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+    if plan:
+        log(f"[train] memory plan for a large full fine-tune: {plan}")
+    model, tokenizer, _ = prepare_model(model_name, settings, precision, plan)
     work_dir = run_dir.with_name(key + ".tmp")
     shutil.rmtree(work_dir, ignore_errors=True)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
-    optimizers = (None, None)
     peft_config = None if settings.full_finetune else _peft_config(settings.lora)
     args = _sft_config(settings, work_dir, precision)
+    if plan:
+        args.gradient_checkpointing, args.optim = plan["gradient_checkpointing"], plan["optim"]
     trainer_cls = _completion_head_trainer_class() if settings.completion_head_only else SFTTrainer
     callbacks = list(callbacks or [])
     if settings.snapshot_every:
@@ -444,12 +327,10 @@ def load_for_inference(model_name: str, result: TrainResult | None = None, *, dt
                        onednn: bool = True):
     """Base model, with the run's adapter (or its snapshot at optimizer step ``snapshot``) merged in.
 
-    On CPU in fp32 the linear layers are then packed for oneDNN (``generate.pack_linear_layers``) unless
+    On CPU in fp32 the linear layers are then packed for oneDNN (``cpu_speed.pack_linear_layers``) unless
     ``onednn=False``; the packed model is for inference only.
     """
-    import torch
-
-    from ie_helpers.generate import pack_linear_layers
+    from ie_helpers.cpu_speed import pack_linear_layers
 
     if dtype is None:
         dtype = inference_dtype()
@@ -465,7 +346,7 @@ def load_for_inference(model_name: str, result: TrainResult | None = None, *, dt
         else:  # full fine-tune: the whole model was saved
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype).to(default_device())
     model.eval()
     if onednn:
         pack_linear_layers(model)

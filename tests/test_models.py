@@ -47,14 +47,78 @@ def test_hub_id_offline_names_builtins(offline_empty_hub):
     assert offline_empty_hub and all(k.get("local_files_only") for k in offline_empty_hub)
 
 
-@pytest.mark.parametrize("name", ["llama3", "smollm2", "minilm"])
-def test_unknown_bare_name(name):
+@pytest.mark.parametrize("name", ["llama3", "smollm2", "minilm", "bert-base-cased"])
+def test_bare_name_is_a_hub_id_and_offline_names_the_builtins(name, offline_empty_hub):
+    """Legacy hub ids have no owner ('bert-base-cased'); offline they fail like any hub id, naming the built-ins."""
     with pytest.raises(IEError) as exc:
         resolve_model(name)
     msg = str(exc.value)
-    assert f"'{name}'" in msg
+    assert f"'{name}'" in msg and "not available offline" in msg
     for builtin in BUILTINS:
         assert builtin in msg
+    if name == "smollm2":
+        assert "did you mean the built-in 'smollm2-135m-instruct'" in msg
+
+
+def test_missing_local_folder_says_not_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata").mkdir()
+    for name in ("mydata/model", "./model", str(tmp_path / "absent")):
+        with pytest.raises(IEError, match="not found"):
+            resolve_model(name)
+
+
+@pytest.mark.parametrize("error, expected", [
+    ("GatedRepoError", "is gated: accept its licence at https://huggingface.co/meta-llama/Llama-3.1-8B"),
+    ("RepositoryNotFoundError", "not found on the hub"),
+    ("ConnectionError", "not available offline"),
+])
+def test_hub_failures_say_what_to_do(error, expected):
+    failure = type(error, (Exception,), {})("401 Client Error")
+    msg = models.hub_failure_message("meta-llama/Llama-3.1-8B", failure, "model 'x' is not available offline")
+    assert expected in msg and "\n" not in msg
+    if error == "GatedRepoError":
+        assert "HF_TOKEN" in msg
+
+
+def test_remote_code_is_trusted_for_listed_models_or_on_request(monkeypatch):
+    monkeypatch.delenv("IE_TRUST_REMOTE_CODE", raising=False)
+    assert models.trust_remote_code("baichuan-inc/Baichuan2-7B-Chat")
+    assert not models.trust_remote_code("someone/custom-model")
+    monkeypatch.setenv("IE_TRUST_REMOTE_CODE", "1")
+    assert models.trust_remote_code("someone/custom-model")
+
+
+def test_causal_lm_is_placed_on_the_requested_device():
+    import torch
+
+    model, _, _ = models.load_causal_lm("tiny-random-llama")
+    assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        from ie_helpers import train
+
+        model, _, _ = train.load_for_inference("tiny-random-llama", None)
+        assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_memory_plan_for_large_full_finetunes_only():
+    from ie_helpers import train
+
+    big = 8e9
+    assert train.memory_plan(big, full_finetune=True, cuda=True, have_bitsandbytes=True) == {
+        "weights": "bf16", "gradient_checkpointing": True, "optim": "paged_adamw_8bit"}
+    assert train.memory_plan(big, full_finetune=True, cuda=True, have_bitsandbytes=False)["optim"] == "adafactor"
+    assert train.memory_plan(big, full_finetune=False, cuda=True, have_bitsandbytes=True) == {}
+    assert train.memory_plan(big, full_finetune=True, cuda=False, have_bitsandbytes=True) == {}
+    assert train.memory_plan(135e6, full_finetune=True, cuda=True, have_bitsandbytes=True) == {}
+
+
+def test_parameters_on_disk_counts_the_checkpoint_without_loading_it():
+    from ie_helpers import train
+
+    model, _, resolved = models.load_causal_lm("tiny-random-llama")
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
+    assert train.parameters_on_disk(resolved.path) == sum(unique.values()) > 0
 
 
 def test_local_folder(tmp_path):

@@ -497,3 +497,40 @@ def test_numeric_settings_are_numbers(paper, profile):
     if paper == "loraplus":
         assert isinstance(cfg["low_resource"]["full_lr"], float) and isinstance(cfg["loraplus_ratio"], (int, float))
         assert "{types}" in cfg["instruction"]
+
+
+# --------------------------------------------------------------------------- results of a plan
+
+
+def _tag_score(pred_tags, gold_tags):
+    m = ner.score_ner(gold_tags, pred_tags)
+    metrics = {"micro_f1": m["micro_f1"], "micro_lo": m["micro_f1"] - 0.1, "micro_hi": m["micro_f1"] + 0.1,
+               "macro_f1": m["micro_f1"], "n_pred": m["n_pred"], "hallucinated": 0, "parse_fail_lenient": 0}
+    return nerexp.NERScore(pred_tags=pred_tags, metrics=metrics, per_type=pd.DataFrame(), errors={})
+
+
+def test_results_frame_and_method_comparisons_line_up_runs():
+    plan = _plan()
+    test_sets = {"general": [S1, S2] * 10, "biomedical": [S2, S1] * 10}
+    gold = {role: [ner.io_to_bio(s["tags"]) for s in sents] for role, sents in test_sets.items()}
+    quality = {"lora": 0.3, "loraplus": 0.7, "encoder": 0.5, "full": 0.6}
+    rng = np.random.default_rng(0)
+    scores = {}
+    for _, row in plan.iterrows():
+        keep = quality[row["method"]] + 0.05 * row["seed"]
+        pred = [[t if rng.random() < keep else "O" for t in g] for g in gold[row["role"]]]
+        scores.setdefault(nerexp.run_key(row), _tag_score(pred, gold[row["role"]]))
+    results = nerexp.results_frame(plan, scores)
+    assert len(results) == len(plan) and list(results.experiment) == list(plan.experiment)
+    for _, r in results.iterrows():
+        assert r["micro_f1"] == scores[nerexp.run_key(r)].metrics["micro_f1"]
+    comp = nerexp.method_comparisons(plan, scores, test_sets, n_boot=300)
+    main = plan[plan.experiment == "main"]
+    assert sorted(zip(comp.role, comp.seed)) == sorted(set(zip(main.role, main.seed)))
+    for r in comp.itertuples():
+        plus = main[(main.role == r.role) & (main.seed == r.seed) & (main.method == "loraplus")].iloc[0]
+        lora = main[(main.role == r.role) & (main.seed == r.seed) & (main.method == "lora")].iloc[0]
+        assert r.f1_a == pytest.approx(scores[nerexp.run_key(plus)].metrics["micro_f1"])
+        assert r.f1_b == pytest.approx(scores[nerexp.run_key(lora)].metrics["micro_f1"])
+        assert r.diff == pytest.approx(r.f1_a - r.f1_b) and r.diff > 0 and r.lo <= r.diff <= r.hi
+        assert r.p_value < 0.05

@@ -1,3 +1,4 @@
+import random
 import sys
 from pathlib import Path
 
@@ -94,6 +95,101 @@ def test_pathological_text_never_raises(text):
     result = parse_json(text)
     assert result.strict is False and result.lenient is False and result.value is None
     assert isinstance(result.error, str) and result.error
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("[NaN]", [None]),
+        ('{"a": Infinity, "b": 1}', {"a": None, "b": 1}),
+        ("[-Infinity, 2.5]", [None, 2.5]),
+        ("[1e999999, -1e999999, 1e308]", [None, None, 1e308]),
+    ],
+)
+def test_non_finite_numbers_are_not_strict_and_leniently_become_none(text, value):
+    assert parse_json(text) == ParseResult(value=value, strict=False, lenient=True, error=None)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999999", "-1E999999"])
+def test_non_finite_number_never_becomes_an_entity_or_triple(number):
+    text = f'[{{"type": "person", "text": {number}}}, {{"type": "location", "text": "Paris"}}]'
+    entities, result = parse_entities(text)
+    assert entities == [("location", "Paris")]
+    assert (result.strict, result.lenient) == (False, True)
+    assert parse_entities(f'{{"number": [{number}, 3.5]}}')[0] == [("number", "3.5")]
+    assert parse_triples(f'[["a", "r", {number}], ["a", "r", "b"]]')[0] == [("a", "r", "b")]
+    assert not parse_json(number).lenient  # a bare number is not an object or array
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        (ENTITIES_JSON[:-1] + ",]", [{"type": "person", "text": "Barack Obama"}, {"type": "location", "text": "Hawaii"}]),
+        ('[1, 2 ,\n ]', [1, 2]),
+        ('{"person": ["Ada", "Alan",],}', {"person": ["Ada", "Alan"]}),
+        ('Output: [{"a": 1,}, [2,],]', [{"a": 1}, [2]]),
+        ('{"s": "x,]", "t": [1,],}', {"s": "x,]", "t": [1]}),  # a ",]" inside a string is kept
+    ],
+)
+def test_lenient_keeps_every_element_before_a_trailing_comma(text, value):
+    result = parse_json(text)
+    assert (result.strict, result.lenient, result.error) == (False, True, None)
+    assert result.value == value
+
+
+@pytest.mark.parametrize("text", ["[,]", "[1,,]", '{"a":,}', "{,}"])
+def test_elided_values_are_not_trailing_commas(text):
+    assert not parse_json(text).lenient
+
+
+def test_trailing_comma_entities_are_all_kept():
+    entities, result = parse_entities(ENTITIES_JSON[:-1] + ", ]")
+    assert entities == [("person", "Barack Obama"), ("location", "Hawaii")]
+    assert (result.strict, result.lenient) == (False, True)
+
+
+@pytest.mark.parametrize("control", ["\n", "\t", "\r", "\x00", "\x1f"])
+def test_raw_control_characters_in_strings_are_lenient_only(control):
+    text = f'[{{"type": "person", "text": "Ada{control}Lovelace"}}, {{"type": "location", "text": "London"}}]'
+    entities, result = parse_entities(text)
+    assert entities == [("person", f"Ada{control}Lovelace"), ("location", "London")]
+    assert (result.strict, result.lenient) == (False, True)
+    assert parse_json('["Ada\\nLovelace"]').strict  # the escaped form stays strict JSON
+
+
+_GARBLE_PIECES = [
+    "[", "]", "{", "}", '"', ",", ":", " ", "\n", "\\", "\\u", "\x00", "\ud800", "NaN", "Infinity", "-",
+    "1e999999", "1", "0.5", "e", "true", "null", "type", "text", "head", "```json", "é", "\uffff",
+]
+_VALID_SAMPLES = [
+    ENTITIES_JSON,
+    '{"entities": {"person": ["Ada"]}, "relations": [["a", "r", "b"]]}',
+    '[["h", "r", "t"]]',
+]
+
+
+def _garbled_text(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return "".join(rng.choice(_GARBLE_PIECES) for _ in range(rng.randint(0, 40)))
+    chars = list(rng.choice(_VALID_SAMPLES))
+    for _ in range(rng.randint(1, 6)):
+        index = rng.randrange(len(chars) + 1)
+        if rng.random() < 0.5 and index < len(chars):
+            del chars[index]
+        else:
+            chars.insert(index, rng.choice(_GARBLE_PIECES))
+    return "".join(chars)
+
+
+def test_random_garbled_text_never_raises():
+    rng = random.Random(20240611)
+    for _ in range(400):
+        text = _garbled_text(rng)
+        for parse in (parse_entities, parse_triples, parse_record):
+            _, result = parse(text)
+            assert isinstance(result, ParseResult)
+            assert result.lenient or (result.value is None and result.error)
+            assert not result.strict or result.lenient
 
 
 def test_lenient_scan_gives_up_after_bounded_candidates():

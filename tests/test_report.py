@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ie_helpers import report  # noqa: E402
 from ie_helpers.errors import IEError  # noqa: E402
+from ie_helpers.pages import build_index, export_notebook_html  # noqa: E402
 from ie_helpers.report import (  # noqa: E402
     VERDICTS,
     Claim,
@@ -21,10 +22,8 @@ from ie_helpers.report import (  # noqa: E402
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
-    build_index,
     claims_frame,
     deviations_frame,
-    export_notebook_html,
     library_versions,
     show_table,
     warning_banner,
@@ -201,7 +200,8 @@ def _tiny_executed_notebook(path: Path) -> Path:
         nbformat.v4.new_code_cell(
             SECRET_CODE,
             execution_count=1,
-            outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "42"}, execution_count=1)],
+            outputs=[nbformat.v4.new_output("stream", name="stdout", text="answer: 42\n"),
+                     nbformat.v4.new_output("execute_result", {"text/plain": "{'raw': 'dict'}"}, execution_count=1)],
         ),
     ]
     nbformat.write(notebook, path)
@@ -214,7 +214,8 @@ def test_export_notebook_html_writes_full_and_code_free_versions(tmp_path):
     full, review = paths["report"].read_text(), paths["review"].read_text()
     assert "tiny_marker_function_xyz" in full
     assert "tiny_marker_function_xyz" not in review
-    assert "Tiny report" in review and "42" in review
+    assert "Tiny report" in review and "answer: 42" in review
+    assert "{&#x27;raw&#x27;" not in review and "raw" in full  # a bare repr is not a result worth reviewing
     assert _leftovers(tmp_path / "out") == []
 
 

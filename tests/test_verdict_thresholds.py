@@ -1,0 +1,257 @@
+"""Every verdict rule tested just below, at and just above its threshold, and Holm against statsmodels.
+
+The claim functions take small hand-made tables here, so each test moves one figure across one decision
+point and checks that the verdict flips exactly there (a rule written `.any()` for `.all()`, or 0.5 for
+0.7, fails one of these).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from ie_helpers import etlch, nerexp, stats
+from ie_helpers.config import load_config
+
+FT, BASE = "LoRA n=300", "zero-shot smollm2-135m-instruct"
+QWEN = load_config("etlch", "paper")["paper_baselines"][0]
+EPS = 1e-6
+
+# --------------------------------------------------------------------------- Holm
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_adjustment_equals_statsmodels(seed):
+    p = np.random.default_rng(seed).uniform(0, 0.2, size=7)
+    p[2] = np.nan
+    adjusted = stats.adjust_pvalues(p)
+    finite = ~np.isnan(p)
+    assert np.allclose(adjusted[finite], multipletests(p[finite], method="holm")[1])
+    assert np.isnan(adjusted[2])
+    assert (adjusted[finite] > p[finite] - 1e-15).all() and (adjusted[finite] > p[finite]).any()
+
+
+def test_etlch_paired_comparisons_holm_adjusts_over_all_rows():
+    rng = np.random.default_rng(0)
+    rows = []
+    for system, level in ((FT, 0.55), (BASE, 0.5), ("other", 0.45)):
+        for task in ("ner", "kge", "json"):
+            for doc in range(30):
+                rows.append({"system": system, "task": task, "doc": doc, "rouge_l": level + rng.normal(0, 0.1)})
+    comp = etlch.paired_comparisons(pd.DataFrame(rows), FT, [BASE, "other"])
+    assert len(comp) == 6 and not np.allclose(comp.p_sign, comp.p_sign_holm)
+    assert np.allclose(comp.p_sign_holm, multipletests(comp.p_sign, method="holm")[1])
+
+
+def test_finner_paired_tests_holm_adjusts_over_baselines():
+    from ie_helpers import ner
+
+    rng = np.random.default_rng(1)
+    sentences, preds = [], {"ft": [], "a": [], "b": []}
+    for i in range(40):
+        tags = ["B-PER", "O", "B-ORG", "O"]
+        sentences.append({"tokens": ["w"] * 4, "tags": tags})
+        for name, keep in (("ft", 0.8), ("a", 0.6), ("b", 0.7)):
+            preds[name].append([t if rng.random() < keep else "O" for t in tags])
+    scores = {k: nerexp.NERScore(pred_tags=v, metrics={}, per_type=pd.DataFrame(), errors={})
+              for k, v in preds.items()}
+    out = nerexp.paired_tests(sentences, scores, "ft", ["a", "b"], n_boot=400)
+    assert len(out) == 2 and np.allclose(out.p_holm, multipletests(out.p_value, method="holm")[1])
+    gold = [ner.io_to_bio(s["tags"]) for s in sentences]
+    assert out.f1_system.iloc[0] == pytest.approx(ner.score_ner(gold, preds["ft"])["micro_f1"])
+
+
+# --------------------------------------------------------------------------- ETLCH E1–E5
+
+
+def _summary(ft_mean: dict, base_mean: dict, json_parse: dict | None = None) -> pd.DataFrame:
+    rows = []
+    for system, means in ((FT, ft_mean), (BASE, base_mean)):
+        for (task, metric), m in means.items():
+            rows.append({"system": system, "task": task, "metric": metric, "mean": m, "lo": m, "hi": m, "n": 64})
+    for system, rate in (json_parse or {}).items():
+        rows.append({"system": system, "task": "json", "metric": "parse_strict", "mean": rate, "lo": rate,
+                     "hi": rate, "n": 64})
+    return pd.DataFrame(rows)
+
+
+def _comparisons(win_rates: dict, p_holm: dict, p_wilcoxon: float = 0.5, baseline: str = BASE) -> pd.DataFrame:
+    return pd.DataFrame([{"task": t, "system": FT, "baseline": baseline, "metric": "rouge_l", "wins": 0,
+                          "losses": 0, "ties": 0, "win_rate": w, "win_rate_ties_half": w, "p_sign": p_holm[t] / 3,
+                          "p_wilcoxon": p_wilcoxon, "p_sign_holm": p_holm[t]} for t, w in win_rates.items()])
+
+
+CELLS = {(t, m): 0.5 for t in ("ner", "kge", "json") for m in ("rouge_l", "cosine")}  # 6 cells
+
+
+def _etlch(summary=None, comparisons=None, *, baselines=(BASE,), json_300=None, plateaus=None,
+           train_sizes=(25, 50, 100, 300)):
+    claims = etlch.etlch_claims(summary=summary if summary is not None else _summary(CELLS, CELLS),
+                                comparisons=comparisons if comparisons is not None else pd.DataFrame(),
+                                plateaus=plateaus or {}, final_system=FT, baselines=list(baselines),
+                                paper_baselines=load_config("etlch", "paper")["paper_baselines"],
+                                train_sizes=list(train_sizes), json_parse_at_300=json_300, profile="cpu")
+    return {c.claim_id: c.verdict for c in claims}
+
+
+@pytest.mark.parametrize("cells_won, verdict", [(3, "not replicated"), (4, "direction only")])
+def test_e1_flips_past_half_of_the_cells(cells_won, verdict):
+    ft = {k: (0.6 if i < cells_won else 0.4) for i, k in enumerate(CELLS)}
+    assert _etlch(_summary(ft, CELLS))["E1"] == verdict  # 3/6 is not "most"; 4/6 is
+
+
+@pytest.mark.parametrize("win, verdict", [(0.7 - EPS, "not replicated"), (0.7, "not replicated"),
+                                          (0.7 + EPS, "direction only")])
+def test_e2_win_rate_must_exceed_70_percent(win, verdict):
+    comp = _comparisons({"kge": win, "json": 0.9}, {"kge": 1e-4, "json": 1e-4})
+    assert _etlch(comparisons=comp)["E2"] == verdict
+
+
+@pytest.mark.parametrize("p, verdict", [(0.05 - EPS, "direction only"), (0.05, "not replicated")])
+def test_e2_needs_holm_p_below_005(p, verdict):
+    comp = _comparisons({"kge": 0.9, "json": 0.9}, {"kge": 1e-4, "json": p})
+    assert _etlch(comparisons=comp)["E2"] == verdict
+
+
+def test_e2_needs_both_tasks_and_ignores_ner():
+    both = _comparisons({"kge": 0.9, "json": 0.9, "ner": 0.1}, {"kge": 1e-4, "json": 1e-4, "ner": 0.9})
+    assert _etlch(comparisons=both)["E2"] == "direction only"
+    one = _comparisons({"kge": 0.9, "json": 0.6, "ner": 0.9}, {"kge": 1e-4, "json": 1e-4, "ner": 1e-4})
+    assert _etlch(comparisons=one)["E2"] == "not replicated"
+
+
+def test_e2_with_a_paper_baseline_can_replicate():
+    comp = _comparisons({"kge": 0.9, "json": 0.9}, {"kge": 1e-4, "json": 1e-4}, baseline=QWEN)
+    assert _etlch(comparisons=comp, baselines=(QWEN,))["E2"] == "replicated"
+
+
+@pytest.mark.parametrize("hi, verdict", [(0.89 - EPS, "not replicated"), (0.89, "replicated")])
+def test_e3_ci_must_reach_89_percent(hi, verdict):
+    assert _etlch(json_300=(hi - 0.1, hi - 0.2, hi))["E3"] == verdict
+
+
+@pytest.mark.parametrize("lo, hi, status", [
+    (100, etlch.PLATEAU_BY, "plateaus"), (100, etlch.PLATEAU_BY + 1, "indeterminate"),
+    (etlch.PLATEAU_BY, 900, "indeterminate"), (etlch.PLATEAU_BY + 1, 900, "still rising")])
+def test_plateau_status_at_the_boundary(lo, hi, status):
+    assert etlch.plateau_status({"ok": True, "point": (lo + hi) / 2, "lo": lo, "hi": hi}) == status
+
+
+@pytest.mark.parametrize("statuses, verdict", [
+    (("plateaus", "plateaus", "still rising"), "replicated"),
+    (("plateaus", "still rising", "indeterminate"), "not testable at this profile"),
+    (("still rising", "still rising", "plateaus"), "not replicated")])
+def test_e4_verdict_by_majority_of_tasks(statuses, verdict):
+    ci = {"plateaus": (100, 300), "still rising": (500, 900), "indeterminate": (200, 900)}
+    plateaus = {t: {"ok": True, "point": 250, "lo": ci[s][0], "hi": ci[s][1], "n_failed_fits": 0}
+                for t, s in zip(("ner", "kge", "json"), statuses)}
+    assert _etlch(plateaus=plateaus)["E4"] == verdict
+
+
+@pytest.mark.parametrize("p, verdict", [(0.05 - EPS, "not replicated"), (0.05, "replicated")])
+def test_e5_not_significant_at_005(p, verdict):
+    comp = _comparisons({"ner": 0.6}, {"ner": 0.5}, p_wilcoxon=p, baseline=QWEN)
+    assert _etlch(comparisons=comp, baselines=(QWEN,))["E5"] == verdict
+
+
+# --------------------------------------------------------------------------- FinNER F1–F3
+
+
+def _finner(*, f1=0.5, hi=0.55, diffs=(0.1, 0.1), p_value=(0.001, 0.001), p_holm=(0.001, 0.001),
+            rare_hi=-0.01, model="smollm2-135m-instruct"):
+    systems = pd.DataFrame([{"system": "ft", "micro_f1": f1, "micro_lo": f1 - 0.05, "micro_hi": hi,
+                             "rare_types": "LOC", "rare_macro_f1": f1 - 0.2, "rare_minus_micro": -0.2,
+                             "rare_minus_micro_lo": -0.3, "rare_minus_micro_hi": rare_hi}])
+    comparisons = pd.DataFrame([{"system": "ft", "baseline": b, "f1_system": f1, "f1_baseline": f1 - d, "diff": d,
+                                 "lo": d - 0.05, "hi": d + 0.05, "p_value": pv, "p_holm": ph}
+                                for b, d, pv, ph in zip(("zero-shot a", "zero-shot b"), diffs, p_value, p_holm)])
+    claims = nerexp.finner_claims(systems=systems, comparisons=comparisons, final_system="ft",
+                                  llm_baselines={"a": ["zero-shot a"], "b": ["zero-shot b"]},
+                                  paper_baselines=load_config("finner", "paper")["paper_baselines"], model=model,
+                                  data_label="fin-sec")
+    return {c.claim_id: c.verdict for c in claims}
+
+
+@pytest.mark.parametrize("hi, verdict", [(0.894 - EPS, "not replicated"), (0.894, "replicated")])
+def test_f1_paper_scale_ci_must_reach_0894(hi, verdict):
+    assert _finner(f1=0.85, hi=hi, model="meta-llama/Meta-Llama-3-8B-Instruct")["F1"] == verdict
+
+
+def test_f1_stand_in_model_is_not_testable_whatever_the_figure():
+    assert _finner(f1=0.9, hi=0.95)["F1"] == "not testable at this profile"
+
+
+def test_f2_uses_the_holm_p_not_the_raw_p():
+    assert _finner(p_value=(0.01, 0.03), p_holm=(0.02, 0.049))["F2"] == "direction only"
+    assert _finner(p_value=(0.01, 0.03), p_holm=(0.02, 0.06))["F2"] == "not replicated"
+
+
+@pytest.mark.parametrize("diff, verdict", [(-EPS, "not replicated"), (0.0, "not replicated"), (EPS, "direction only")])
+def test_f2_every_baseline_must_be_beaten(diff, verdict):
+    assert _finner(diffs=(0.2, diff))["F2"] == verdict
+
+
+@pytest.mark.parametrize("rare_hi, verdict", [(-EPS, "direction only"), (0.0, "not replicated")])
+def test_f3_rare_macro_significantly_below_micro(rare_hi, verdict):
+    assert _finner(rare_hi=rare_hi)["F3"] == verdict
+
+
+# --------------------------------------------------------------------------- LoRA+ L1–L4
+
+
+def _results(main: dict, low: dict) -> pd.DataFrame:
+    rows = [{"experiment": "main", "role": role, "method": m, "ratio": 1.0, "train_size": 80, "seed": s,
+             "micro_f1": v} for (role, m), vals in main.items() for s, v in enumerate(vals)]
+    rows += [{"experiment": "low_resource", "role": "biomedical", "method": m, "ratio": 16.0, "train_size": n,
+              "seed": 0, "micro_f1": v} for (m, n), v in low.items()]
+    return pd.DataFrame(rows)
+
+
+def _peaks(plus_step: int, lora_step: int = 100) -> pd.DataFrame:
+    return pd.DataFrame([{"role": "biomedical", "method": m, "seed": 0, "peak_f1": 0.5, "peak_step": s,
+                          "last_step": 200, "censored": False, "ok": True}
+                         for m, s in (("loraplus", plus_step), ("lora", lora_step))])
+
+
+def _loraplus(*, plus=0.5, lora=0.4, encoder=0.3, plus_step=50, low_plus=0.5, low_full=0.5, low_500=0.6,
+              params=7e9, margin=0.02):
+    main = {(r, m): [v, v] for r in ("general", "biomedical")
+            for m, v in (("loraplus", plus), ("lora", lora), ("encoder", encoder))}
+    low = {("loraplus", 100): low_plus, ("full", 100): low_full, ("loraplus", 500): low_500, ("full", 500): low_500}
+    claims = nerexp.loraplus_claims(results=_results(main, low), comparisons=pd.DataFrame(), peaks=_peaks(plus_step),
+                                    data_labels={}, encoder_labels={}, model="m", model_params=params,
+                                    low_resource_sizes=[100, 500], snapshot_every=10, competitive_margin=margin)
+    return {c.claim_id: c.verdict for c in claims}
+
+
+@pytest.mark.parametrize("plus, encoder, verdict", [
+    (0.4, 0.3, "not replicated"),           # LoRA+ ties LoRA
+    (0.4 + EPS, 0.3, "direction only"),
+    (0.5, 0.5, "not replicated"),           # LoRA+ ties the encoder
+    (0.5, 0.5 - EPS, "direction only")])
+def test_l1_l2_ordering_is_strict(plus, encoder, verdict):
+    v = _loraplus(plus=plus, encoder=encoder)
+    assert v["L1"] == v["L2"] == verdict
+
+
+@pytest.mark.parametrize("plus_step, params, verdict", [
+    (100, 7e9, "not replicated"), (99, 7e9, "direction only"), (81, 7e9, "direction only"),
+    (80, 7e9, "replicated"), (50, nerexp.PAPER_SCALE_PARAMS - 1, "direction only"),
+    (50, nerexp.PAPER_SCALE_PARAMS, "replicated")])
+def test_l3_steps_ratio_thresholds(plus_step, params, verdict):
+    assert _loraplus(plus_step=plus_step, params=params)["L3"] == verdict
+
+
+@pytest.mark.parametrize("low_plus, verdict", [(0.48 + 1e-9, "replicated"), (0.48 - 1e-4, "not replicated")])
+def test_l4_competitive_margin(low_plus, verdict):
+    assert _loraplus(low_plus=low_plus, low_full=0.5, margin=0.02)["L4"] == verdict
+
+
+def test_nothing_learned_is_not_testable_at_min_f1():
+    below = nerexp.MIN_F1 - EPS
+    v = _loraplus(plus=below, lora=below, encoder=0.0, low_plus=below, low_full=below, low_500=below)
+    assert v["L1"] == v["L2"] == v["L4"] == "not testable at this profile"
+    v = _loraplus(plus=nerexp.MIN_F1, lora=0.0, encoder=0.0)
+    assert v["L1"] == "direction only"
