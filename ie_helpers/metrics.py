@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence, Sized
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 from rouge_score import rouge_scorer
 
 from ie_helpers.errors import IEError
-from ie_helpers.parsing import ParseResult, normalise_mention
+from ie_helpers.parsing import ParseResult, normalise_mention, parse_entities, parse_json, parse_record, parse_triples
 
 ROUGE_TEXT_FORM = "lower-cased word tokens (\\w+) of the raw output; JSON punctuation ignored"
 
@@ -42,6 +43,62 @@ def rouge_l(preds: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         for pred, ref in zip(preds, refs)
     ]
     return np.asarray(scores, dtype=float)
+
+
+CONTENT_TEXT_FORM = ("lower-cased word tokens of the values in the output's JSON (keys, quotes and brackets "
+                     "dropped); raw words when no JSON is found")
+_JSON_SYNTAX = re.compile(r'[{}\[\]",:]')
+
+
+def content_text(text: Any) -> str:
+    """What an extraction output says, without its format: the JSON's leaf values in order, keys dropped.
+
+    A key name ("entities", "type") or an empty skeleton contributes nothing, so an output scores on what
+    it extracted, not on reproducing the schema. Unparseable text keeps its words, minus JSON punctuation.
+    """
+    result = parse_json(_as_text(text))
+    if not result.lenient:
+        return " ".join(_JSON_SYNTAX.sub(" ", _as_text(text)).split())
+    leaves: list[str] = []
+    stack = [result.value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+        elif node is not None and not isinstance(node, bool):
+            leaves.append(str(node))
+    return " ".join(leaves)
+
+
+def content_rouge_l(preds: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+    """Per-example ROUGE-L F on ``content_text``: 1.0 when both say nothing, 0.0 when only one does."""
+    _check_same_length(preds, refs)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=WordTokenizer())
+    scores = []
+    for pred, ref in zip(preds, refs):
+        p, r = content_text(pred), content_text(ref)
+        if not _WORD.search(p) or not _WORD.search(r):
+            scores.append(float(not _WORD.search(p) and not _WORD.search(r)))
+        else:
+            scores.append(scorer.score(target=r, prediction=p)["rougeL"].fmeasure)
+    return np.asarray(scores, dtype=float)
+
+
+EVALUATE_METRICS = Path(__file__).resolve().parent / "evaluate_metrics"
+
+
+def evaluate_metric(name: str):
+    """One of the kit's metrics as a Hugging Face ``evaluate`` module, loaded from its local folder (offline):
+    ``span_f1``, ``set_f1``, ``json_parse_rate`` or ``content_rouge``."""
+    import evaluate
+
+    folder = EVALUATE_METRICS / name
+    if not (folder / f"{name}.py").is_file():
+        known = sorted(p.name for p in EVALUATE_METRICS.iterdir() if (p / f"{p.name}.py").is_file())
+        raise IEError(f"unknown metric '{name}': use one of {', '.join(known)}")
+    return evaluate.load(str(folder))
 
 
 def cosine_similarity(
@@ -182,6 +239,29 @@ def triple_set(triples: Iterable[tuple[Any, Any, Any]]) -> set[tuple[str, str, s
     return normalised
 
 
+def entities_meaning(text: Any) -> tuple[set, ParseResult]:
+    """The (type, mention) set a JSON entity list says, and how it parsed."""
+    pairs, result = parse_entities(text)
+    return entity_set(pairs), result
+
+
+def triples_meaning(text: Any) -> tuple[set, ParseResult]:
+    """The (head, relation, tail) set a JSON triple list says, and how it parsed."""
+    triples, result = parse_triples(text)
+    return triple_set(triples), result
+
+
+def record_meaning(text: Any) -> tuple[set, ParseResult]:
+    """Entities and triples of a JSON record, tagged so the two kinds never match each other."""
+    record, result = parse_record(text)
+    meaning = {("entity",) + e for e in entity_set(record["entities"])}
+    meaning |= {("triple",) + t for t in triple_set(record["triples"])}
+    return meaning, result
+
+
+OUTPUT_MEANING = {"ner": entities_meaning, "kge": triples_meaning, "json": record_meaning}
+
+
 def _prf_from_counts(tp: int, fp: int, fn: int) -> dict:
     if tp + fp + fn == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
@@ -197,4 +277,4 @@ def _as_text(value: Any) -> str:
 
 def _check_same_length(preds: Sized, refs: Sized) -> None:
     if len(preds) != len(refs):
-        raise ValueError(f"{len(preds)} predictions but {len(refs)} references; pair them one to one")
+        raise IEError(f"{len(preds)} predictions but {len(refs)} references; pair them one to one")

@@ -169,6 +169,11 @@ def _tiny_random_llama_folder() -> Path:
     return out
 
 
+def has_random_weights(name: str) -> bool:
+    """Whether a model is the random-weight test model: its results say nothing about any claim."""
+    return name == "tiny-random-llama"
+
+
 def _hub_is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 

@@ -18,8 +18,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ie_helpers import ner, parsing
+from ie_helpers import ner, parsing, verdicts
 from ie_helpers.errors import IEError
+from ie_helpers.verdicts import NOT_TESTABLE
 from ie_helpers.tasks import SYSTEM_PROMPT, Example, prompt_messages, to_prompt_completion
 
 # Readable names help zero-shot models; tags not listed here are shown as they are.
@@ -569,7 +570,7 @@ def _fmt(x: float) -> str:
 def _synthetic_claims(ids_and_paper: list[tuple[str, str]]) -> list:
     from ie_helpers.report import Claim
 
-    return [Claim(cid, paper, "n/a", "not testable at this profile",
+    return [Claim(cid, paper, "n/a", NOT_TESTABLE,
                   "this run used synthetic template data, not a real corpus") for cid, paper in ids_and_paper]
 
 
@@ -580,18 +581,29 @@ F_CLAIMS = [("F1", "micro-F1 0.894 (Llama-3-8B + LoRA)"),
 
 def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_system: str,
                   llm_baselines: dict[str, list[str]], paper_baselines: Sequence[str], model: str,
-                  data_label: str, seed_f1: Sequence[float] = (), synthetic: bool = False) -> list:
-    """Verdicts for F1–F3.
+                  data_label: str, seed_f1: Sequence[float] = (), synthetic: bool = False, paper_data: bool = False,
+                  tuned_on_dev: bool = False, random_weights: bool = False) -> list:
+    """Verdicts for F1–F3 by the shared policy (``verdicts``).
 
     ``systems``: ``systems_table`` rows plus the rare-type columns of the fine-tuned system;
     ``comparisons``: ``paired_tests`` of ``final_system`` against every other system;
     ``llm_baselines``: baseline model → its system names (zero-/few-shot), the best of which is compared;
-    ``seed_f1``: micro-F1 of the fine-tuned model for every seed (shown when there are several).
+    ``seed_f1``: micro-F1 of the fine-tuned model for every seed (shown when there are several);
+    ``paper_data``: the data is the paper's own (private) corpus, so F1's absolute figure is comparable.
     """
-    from ie_helpers.report import Claim
-
     if synthetic:
         return _synthetic_claims(F_CLAIMS)
+    claims = finner_claim_rules(systems=systems, comparisons=comparisons, final_system=final_system,
+                                llm_baselines=llm_baselines, paper_baselines=paper_baselines, model=model,
+                                data_label=data_label, seed_f1=seed_f1, paper_data=paper_data)
+    return verdicts.hold_to_policy(claims, comparisons={"F2", "F3"}, n_seeds=max(1, len(seed_f1)),
+                                   tuned_on_dev=tuned_on_dev, random_weights=random_weights)
+
+
+def finner_claim_rules(*, systems, comparisons, final_system, llm_baselines, paper_baselines, model, data_label,
+                       seed_f1, paper_data) -> list:
+    from ie_helpers.report import Claim
+
     claims = []
     row = systems.set_index("system").loc[final_system]
     paper_scale = model in FINNER_PAPER_MODELS
@@ -601,14 +613,14 @@ def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_sys
     measured = f"{_fmt(row.micro_f1)} [95% CI {_fmt(row.micro_lo)}–{_fmt(row.micro_hi)}]"
     if len(seed_f1) > 1:
         measured += f" (seeds: {', '.join(_fmt(x) for x in seed_f1)})"
-    if paper_scale:
-        v1 = "replicated" if row.micro_hi >= 0.894 else "not replicated"
-        note = f"{model} with LoRA, {corpus}; replicated when the CI reaches 0.894"
+    v1 = verdicts.absolute(row.micro_f1, row.micro_lo, row.micro_hi, 0.894,
+                           own_model_and_data=paper_scale and paper_data)
+    if paper_scale and paper_data:
+        note = f"{model} with LoRA on the paper's corpus. {v1.reason}"
     else:
-        v1 = "not testable at this profile"
-        note = (f"0.894 is for Llama-3-8B; this run fine-tunes {model}, {corpus}, so the figure is not comparable "
-                "(shown for reference)")
-    claims.append(Claim("F1", F_CLAIMS[0][1], measured, v1, note))
+        note = (f"0.894 is for Llama-3-8B on the paper's private corpus; this run fine-tunes {model}, {corpus}, so "
+                "the figure is not comparable (shown for reference)")
+    claims.append(Claim("F1", F_CLAIMS[0][1], measured, v1.verdict, note))
 
     # F2: beats the 7-8B baselines by ~6 points.
     comp = comparisons.set_index("baseline") if len(comparisons) else comparisons
@@ -618,10 +630,10 @@ def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_sys
         if ran:
             best[base_model] = max(ran, key=lambda n: comp.loc[n, "f1_baseline"])
     if not best:
-        claims.append(Claim("F2", F_CLAIMS[1][1], "n/a", "not testable at this profile",
+        claims.append(Claim("F2", F_CLAIMS[1][1], "n/a", NOT_TESTABLE,
                             "no LLM baseline was evaluated in this run"))
     elif max([row.micro_f1] + [comp.loc[n, "f1_baseline"] for n in best.values()]) < MIN_F1:
-        claims.append(Claim("F2", F_CLAIMS[1][1], f"all systems micro-F1 < {MIN_F1}", "not testable at this profile",
+        claims.append(Claim("F2", F_CLAIMS[1][1], f"all systems micro-F1 < {MIN_F1}", NOT_TESTABLE,
                             "neither the fine-tuned model nor any baseline found entities at this profile"))
     else:
         parts, ok = [], {}
@@ -648,10 +660,10 @@ def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_sys
     # F3: macro-F1 on rare types lower than micro-F1.
     rare = str(row.get("rare_types", "") or "")
     if not rare or row.rare_macro_f1 != row.rare_macro_f1:
-        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", "not testable at this profile",
+        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", NOT_TESTABLE,
                             "no rare type (see rare_type_share) occurs in the evaluation set"))
     elif row.micro_f1 < MIN_F1:
-        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", "not testable at this profile",
+        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", NOT_TESTABLE,
                             f"the fine-tuned model found no entities (micro-F1 < {MIN_F1})"))
     else:
         measured = (f"rare-type macro-F1 {_fmt(row.rare_macro_f1)} ({rare}) vs micro {_fmt(row.micro_f1)}; "
@@ -681,17 +693,30 @@ def _seed_text(vals: pd.Series) -> str:
 def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: pd.DataFrame,
                     data_labels: dict[str, str], encoder_labels: dict[str, str], model: str,
                     model_params: float, low_resource_sizes: Sequence[int], snapshot_every: int,
-                    dev_sentences: int = 0, competitive_margin: float = 0.02, synthetic: bool = False) -> list:
-    """Verdicts for L1–L4.
+                    dev_sentences: int = 0, competitive_margin: float = 0.02, synthetic: bool = False,
+                    tuned_on_dev: bool = False, random_weights: bool = False) -> list:
+    """Verdicts for L1–L4 by the shared policy (``verdicts``; seeds counted per compared cell).
 
     ``results``: one row per (experiment, role, method, ratio, train_size, seed) with ``micro_f1``;
     methods are lora, loraplus, full, encoder; experiments main, sweep, low_resource.
     ``comparisons``: LoRA+ vs LoRA paired bootstrap per (role, seed). ``peaks``: ``steps_to_peak`` output.
     """
-    from ie_helpers.report import Claim
-
     if synthetic:
         return _synthetic_claims(L_CLAIMS)
+    claims = loraplus_claim_rules(results=results, comparisons=comparisons, peaks=peaks, data_labels=data_labels,
+                                  encoder_labels=encoder_labels, model=model, model_params=model_params,
+                                  low_resource_sizes=low_resource_sizes, snapshot_every=snapshot_every,
+                                  dev_sentences=dev_sentences, competitive_margin=competitive_margin)
+    seeds = results.groupby(["experiment", "role", "method", "train_size"], dropna=False)["seed"].nunique()
+    return verdicts.hold_to_policy(claims, comparisons={"L1", "L2", "L3", "L4"},
+                                   n_seeds=int(seeds.min()) if len(seeds) else 0, tuned_on_dev=tuned_on_dev,
+                                   random_weights=random_weights)
+
+
+def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_labels, model, model_params,
+                         low_resource_sizes, snapshot_every, dev_sentences=0, competitive_margin=0.02) -> list:
+    from ie_helpers.report import Claim
+
     paper_scale = model_params >= PAPER_SCALE_PARAMS
     scale_note = "" if paper_scale else f"; {model} ({model_params / 1e6:.0f}M parameters) stands in for a 7B LLM"
     main = results[results.experiment == "main"]
@@ -702,13 +727,13 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
         sub = main[main.role == role]
         f1 = {m: sub[sub.method == m].sort_values("seed")["micro_f1"] for m in ("loraplus", "lora", "encoder")}
         if any(len(v) == 0 for v in f1.values()):
-            claims.append(Claim(cid, paper, "n/a", "not testable at this profile",
+            claims.append(Claim(cid, paper, "n/a", NOT_TESTABLE,
                                 f"LoRA, LoRA+ or the encoder baseline was not run on the {role} dataset"))
             continue
         mean = {m: float(v.mean()) for m, v in f1.items()}
         if max(mean["lora"], mean["loraplus"]) < MIN_F1:
             claims.append(Claim(cid, paper, f"LoRA+ {mean['loraplus']:.3f}, LoRA {mean['lora']:.3f}",
-                                "not testable at this profile",
+                                NOT_TESTABLE,
                                 f"neither LoRA nor LoRA+ learned the task at this profile (test F1 < {MIN_F1})"))
             continue
         comp = comparisons[comparisons.role == role] if len(comparisons) else comparisons
@@ -728,7 +753,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
     # L3: steps to peak, from the snapshot curves.
     ratios = peak_ratios(peaks) if len(peaks) else pd.DataFrame()
     if not len(ratios):
-        claims.append(Claim("L3", L_CLAIMS[2][1], "n/a", "not testable at this profile",
+        claims.append(Claim("L3", L_CLAIMS[2][1], "n/a", NOT_TESTABLE,
                             "no pair of LoRA / LoRA+ convergence curves that both learned something"))
     else:
         r = float(ratios["ratio"].mean())
@@ -752,10 +777,10 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
     low = results[results.experiment == "low_resource"]
     sizes = sorted(set(low.train_size[low.method == "full"]) & set(low.train_size[low.method == "loraplus"]))
     if not sizes:
-        claims.append(Claim("L4", L_CLAIMS[3][1], "n/a", "not testable at this profile",
+        claims.append(Claim("L4", L_CLAIMS[3][1], "n/a", NOT_TESTABLE,
                             "no full fine-tuning run to compare with"))
     elif low[low.method.isin(["loraplus", "full"]) & low.train_size.isin(sizes)]["micro_f1"].max() < MIN_F1:
-        claims.append(Claim("L4", L_CLAIMS[3][1], f"all runs F1 < {MIN_F1}", "not testable at this profile",
+        claims.append(Claim("L4", L_CLAIMS[3][1], f"all runs F1 < {MIN_F1}", NOT_TESTABLE,
                             "neither LoRA+ nor full fine-tuning learned the task at this profile"))
     else:
         parts, ok_all = [], True

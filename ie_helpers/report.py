@@ -27,6 +27,7 @@ import pandas as pd
 from IPython.display import HTML
 
 from ie_helpers.errors import IEError
+from ie_helpers.verdicts import VERDICTS  # the one verdict policy
 
 # ---------------------------------------------------------------------------
 # Atomic writes
@@ -93,7 +94,6 @@ def atomic_write_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 # Claims
 # ---------------------------------------------------------------------------
 
-VERDICTS = ("replicated", "not replicated", "direction only", "not testable at this profile")
 CLAIM_COLUMNS = ("claim_id", "paper_value", "measured_value", "verdict", "note")
 
 
@@ -193,7 +193,8 @@ VERDICT_STYLES = {
     "replicated": "background-color: #d4edda; color: #155724",
     "not replicated": "background-color: #f8d7da; color: #721c24",
     "direction only": "background-color: #fff3cd; color: #856404",
-    "not testable at this profile": "background-color: #e2e3e5; color: #383d41",
+    "inconclusive": "background-color: #e8e0f5; color: #4a3570",
+    "not testable": "background-color: #e2e3e5; color: #383d41",
 }
 _DEVIATION_STYLE = "background-color: #fff3cd; color: #856404; font-weight: bold"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,24 @@ REPORTS = REPO_ROOT / "reports"
 def notebook_papers() -> list[str]:
     """Papers that have both a recipe and a notebook."""
     return [p for p in available_recipes() if (NOTEBOOKS / f"{p}.ipynb").exists()]
+
+
+def notebook_parameters(paper: str) -> set[str]:
+    """Names a paper notebook's ``parameters`` cell declares (what papermill can set), less ``output_dir``."""
+    import papermill as pm
+
+    return set(pm.inspect_notebook(str(NOTEBOOKS / f"{paper}.ipynb"))) - {"output_dir"}
+
+
+def models_named(cfg: dict) -> list[str]:
+    """Every model a run will load: the model, the baselines and the encoder(s) (one per dataset role)."""
+    names = [cfg.get("model"), *(cfg.get("baselines") or [])]
+    encoder = cfg.get("encoder")
+    if isinstance(encoder, dict):
+        names += [v for k, v in encoder.items() if k in (cfg.get("datasets") or {})]
+    else:
+        names.append(encoder)
+    return [n for n in names if isinstance(n, str) and n]
 
 
 def parse_value(text: str):
@@ -57,34 +76,55 @@ def failure_message(executed_ipynb: Path) -> str:
     return ""
 
 
+def report_dir(reports_dir: Path, paper: str, profile: str) -> Path:
+    """``reports/<paper>`` for the committed cpu profile, ``reports/<paper>-<profile>`` for any other, so a
+    smoke or paper run never overwrites the cpu report."""
+    return reports_dir / (paper if profile == "cpu" else f"{paper}-{profile}")
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` by the finished ``staging`` folder; the old report is removed only after the swap."""
+    old = final.with_name(f"_tmp.old.{final.name}.{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def run_paper(paper: str, profile: str, params: dict, reports_dir: Path = REPORTS) -> Path:
+    """Execute one paper notebook into a staging folder and swap it in only when notebook and pages succeed."""
     import papermill as pm
 
     from ie_helpers.pages import build_index, export_notebook_html
 
+    declared = notebook_parameters(paper)
+    ignored = sorted(set(params) - declared)
+    if ignored:
+        raise IEError(f"parameter(s) {', '.join(ignored)} are not parameters of notebooks/{paper}.ipynb; "
+                      f"valid: {', '.join(sorted(declared))}")
     cfg = load_config(paper, profile, **params)  # fail fast, before starting a kernel
-    for name in [cfg.get("model")] + list(cfg.get("baselines") or []):
-        if name:
-            resolve_model(name)
-    out_dir = reports_dir / paper
-    out_dir.mkdir(parents=True, exist_ok=True)
-    executed = out_dir / f"{paper}.ipynb"
-    partial = out_dir / f"_tmp.{paper}.ipynb"
-    parameters = {"profile": profile, "output_dir": str(out_dir.resolve()), **params}
+    for name in models_named(cfg):
+        resolve_model(name)
+    final = report_dir(reports_dir, paper, cfg["profile"])
+    staging = reports_dir / f"_tmp.{final.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    executed = staging / f"{paper}.ipynb"
+    parameters = {"profile": cfg["profile"], "output_dir": str(staging.resolve()), **params}
     start = time.perf_counter()
-    print(f"[reproduce] {paper}: profile={profile} params={params}", flush=True)
+    print(f"[reproduce] {paper}: profile={cfg['profile']} params={params}", flush=True)
     try:
-        pm.execute_notebook(str(NOTEBOOKS / f"{paper}.ipynb"), str(partial), parameters=parameters,
+        pm.execute_notebook(str(NOTEBOOKS / f"{paper}.ipynb"), str(executed), parameters=parameters,
                             cwd=str(NOTEBOOKS), progress_bar=False, log_output=True, kernel_name="python3")
     except pm.PapermillExecutionError as e:
-        message = failure_message(partial) or f"{e.ename}: {e.evalue}"
-        raise IEError(f"{paper} notebook failed in cell {e.exec_count}: {message} "
-                      f"(partial notebook: {partial})") from None
-    os.replace(partial, executed)
-    export_notebook_html(executed, out_dir)
+        message = failure_message(executed) or f"{e.ename}: {e.evalue}"
+        raise IEError(f"{paper} notebook failed in cell {e.exec_count}: {message} (partial notebook: {executed}; "
+                      f"the previous report in {final} is untouched)") from None
+    export_notebook_html(executed, staging)
+    swap_in(staging, final)
     build_index(reports_dir)
-    print(f"[reproduce] {paper}: done in {time.perf_counter() - start:.0f}s -> {out_dir / 'review.html'}", flush=True)
-    return out_dir
+    print(f"[reproduce] {paper}: done in {time.perf_counter() - start:.0f}s -> {final / 'review.html'}", flush=True)
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,7 +252,7 @@ def _chunk_sizes(total: int, chunk: int) -> list[int]:
 def _paired_diff(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
     x, y = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     if x.size != y.size:
-        raise ValueError(f"{x.size} scores in a but {y.size} in b; pair them one to one")
+        raise IEError(f"{x.size} scores in a but {y.size} in b; pair them one to one")
     diff = x - y
     return diff[~np.isnan(diff)]
 

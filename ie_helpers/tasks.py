@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ie_helpers.errors import IEError
+
 ENTITY_LABELS = {"Peop": "person", "Org": "organization", "Loc": "location", "Other": "other",
                  "Drug": "drug", "Adverse-Effect": "adverse_effect"}
 RELATION_LABELS = {"Work_For": "works_for", "Live_In": "lives_in", "OrgBased_In": "based_in",
@@ -80,7 +82,7 @@ def chain_input(task: str, text: str, ner_output: str | None = None, kge_output:
         return f"Text: {text}\nEntities: {ner_output}"
     if task == "json":
         return f"Text: {text}\nEntities: {ner_output}\nTriples: {kge_output}"
-    raise ValueError(f"unknown task {task!r}")
+    raise IEError(f"unknown task {task!r}: use ner, kge or json")
 
 
 def etlch_examples(doc: dict, doc_id: int, tasks=ETLCH_TASKS, *, entity_types: list[str],

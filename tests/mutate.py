@@ -36,7 +36,7 @@ class Mutation:
 
 GEN = ("tests/test_generation_identity.py",)
 KEYS = ("tests/test_cache_keys.py",)
-VERDICTS = ("tests/test_verdict_thresholds.py", "tests/test_etlch.py", "tests/test_nerexp.py")
+VERDICTS = ("tests/test_verdicts.py", "tests/test_verdict_thresholds.py", "tests/test_etlch.py", "tests/test_nerexp.py")
 CIS = ("tests/test_ci_coverage.py", "tests/test_stats.py", "tests/test_ner.py")
 DATA = ("tests/test_download.py", "tests/test_data.py")
 SPANS = ("tests/test_ner.py", "tests/test_nerexp.py", "tests/test_metrics.py")
@@ -88,9 +88,23 @@ MUTATIONS = [
              "(sub.win_rate > 0.7)", "(sub.win_rate > 0.5)", VERDICTS),
     Mutation("verdicts", "E2: raw sign-test p instead of Holm", "ie_helpers/etlch.py",
              "(sub.p_sign_holm < 0.05)", "(sub.p_sign < 0.05)", VERDICTS),
-    Mutation("verdicts", "E3: point estimate instead of the CI's upper end", "ie_helpers/etlch.py",
-             'v3 = "replicated" if hi >= 0.89 else "not replicated"',
-             'v3 = "replicated" if rate >= 0.89 else "not replicated"', VERDICTS),
+    Mutation("verdicts", "absolute figure: CI only has to reach the paper's figure", "ie_helpers/verdicts.py",
+             "    if lo <= paper_value <= hi:\n", "    if paper_value <= hi:\n", VERDICTS),
+    Mutation("verdicts", "absolute figure from stand-in models judged anyway", "ie_helpers/verdicts.py",
+             "    if not own_model_and_data:\n", "    if False:\n", VERDICTS),
+    Mutation("verdicts", "policy: a CI touching the decision point counts as decided", "ie_helpers/verdicts.py",
+             "    if lo > 0:\n        raw = _on_claimed_side", "    if lo >= 0:\n        raw = _on_claimed_side",
+             VERDICTS),
+    Mutation("verdicts", "policy: seeds that disagree in sign are ignored", "ie_helpers/verdicts.py",
+             "    if len(signs) > 1:\n", "    if len(signs) > 2:\n", VERDICTS),
+    Mutation("verdicts", "policy: two seeds are enough", "ie_helpers/verdicts.py", "MIN_SEEDS = 3", "MIN_SEEDS = 2",
+             VERDICTS),
+    Mutation("verdicts", "policy: random-weight runs judged like real ones", "ie_helpers/verdicts.py",
+             "        if random_weights:\n            claim = dataclasses.replace",
+             "        if False:\n            claim = dataclasses.replace", VERDICTS),
+    Mutation("verdicts", "policy: stand-in models can replicate a magnitude", "ie_helpers/verdicts.py",
+             "    if ev.stand_in:\n        return Verdict(DIRECTION_ONLY",
+             "    if False:\n        return Verdict(DIRECTION_ONLY", VERDICTS),
     Mutation("verdicts", "E4: plateau CI must end strictly before 450", "ie_helpers/etlch.py",
              'if p["hi"] <= PLATEAU_BY:', 'if p["hi"] < PLATEAU_BY:', VERDICTS),
     Mutation("verdicts", "F2: raw p instead of Holm", "ie_helpers/nerexp.py",
@@ -139,6 +153,10 @@ MUTATIONS = [
     Mutation("span scoring", "empty prediction vs empty gold scores 0", "ie_helpers/metrics.py",
              'return {"precision": 1.0, "recall": 1.0, "f1": 1.0}',
              'return {"precision": 0.0, "recall": 0.0, "f1": 0.0}', SPANS + ("tests/test_etlch.py",)),
+    Mutation("span scoring", "content ROUGE-L keeps the JSON keys", "ie_helpers/metrics.py",
+             "            stack.extend(reversed(list(node.values())))",
+             "            stack.extend(reversed([x for kv in node.items() for x in kv]))",
+             ("tests/test_evaluate_metrics.py",)),
     Mutation("span scoring", "NaN accepted as strict JSON", "ie_helpers/parsing.py",
              "_STRICT_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)",
              "_STRICT_DECODER = json.JSONDecoder()", ("tests/test_parsing.py",)),

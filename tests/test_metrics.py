@@ -78,7 +78,7 @@ def test_rouge_l_matches_rouge_score_with_same_tokenizer():
 
 
 def test_rouge_l_length_mismatch_and_empty():
-    with pytest.raises(ValueError):
+    with pytest.raises(IEError):
         rouge_l(["a"], ["a", "b"])
     assert rouge_l([], []).shape == (0,)
 
@@ -111,7 +111,7 @@ def test_cosine_similarity_empty_and_mismatch():
     encoder = FakeEncoder()
     assert cosine_similarity([], [], encoder).shape == (0,)
     assert encoder.calls == []
-    with pytest.raises(ValueError):
+    with pytest.raises(IEError):
         cosine_similarity(["a"], [], encoder)
 
 
@@ -199,7 +199,7 @@ def test_set_prf_empty_conventions():
         "precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 0, "fp": 0, "fn": 0,
     }
     assert set_prf([], [])["f1"] == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(IEError):
         set_prf([set()], [])
 
 

@@ -335,14 +335,15 @@ PAPER_BASELINES = load_config("finner", "paper")["paper_baselines"]
 def _finner(f1s=FIN, model="smollm2-135m-instruct", llm=LLM, p=0.001, **kw):
     claims = nerexp.finner_claims(systems=_systems(f1s, **kw), comparisons=_comparisons(f1s, "LoRA seed=0", p),
                                   final_system="LoRA seed=0", llm_baselines=llm, paper_baselines=PAPER_BASELINES,
-                                  model=model, data_label="fin-sec")
+                                  model=model, data_label="fin-sec", seed_f1=[f1s["LoRA seed=0"]] * 3,
+                                  tuned_on_dev=True, paper_data=model != "smollm2-135m-instruct")
     _check(claims, ["F1", "F2", "F3"])
     return {c.claim_id: c for c in claims}
 
 
 def test_finner_claims_small_model():
     c = _finner()
-    assert c["F1"].verdict == "not testable at this profile" and "0.700" in c["F1"].measured_value
+    assert c["F1"].verdict == "not testable" and "0.700" in c["F1"].measured_value
     assert c["F2"].verdict == "direction only" and "not the paper's" in c["F2"].note
     assert "few-shot k=3 m" in c["F2"].measured_value  # the stronger of zero- and few-shot is compared
     assert c["F3"].verdict == "direction only" and "LOC, MISC" in c["F3"].measured_value
@@ -363,19 +364,19 @@ def test_finner_claims_negative_and_untestable_cases():
     c = _finner(p=0.3, rare_diff=(-0.05, -0.2, 0.1))
     assert c["F2"].verdict == "not replicated" and c["F3"].verdict == "not replicated"
     c = _finner(llm={})
-    assert c["F2"].verdict == "not testable at this profile"
+    assert c["F2"].verdict == "not testable"
     c = _finner({"LoRA seed=0": 0.0, "zero-shot m": 0.0, "few-shot k=3 m": 0.0})
-    assert c["F2"].verdict == "not testable at this profile" and c["F3"].verdict == "not testable at this profile"
+    assert c["F2"].verdict == "not testable" and c["F3"].verdict == "not testable"
     systems = _systems(FIN).assign(rare_types="", rare_macro_f1=float("nan"))
     claims = nerexp.finner_claims(systems=systems, comparisons=_comparisons(FIN, "LoRA seed=0"),
                                   final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
                                   model="m", data_label="x", synthetic=False)
-    assert claims[2].verdict == "not testable at this profile"
+    assert claims[2].verdict == "not testable"
     synthetic = nerexp.finner_claims(systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"),
                                      final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
                                      model="m", data_label="x", synthetic=True)
     _check(synthetic, ["F1", "F2", "F3"])
-    assert {c.verdict for c in synthetic} == {"not testable at this profile"}
+    assert {c.verdict for c in synthetic} == {"not testable"}
 
 
 def _lp_results(f1: dict, low: dict | None = None):
@@ -411,7 +412,8 @@ def _lp(results, peaks, params=135e6, comparisons=None, **kw):
     comparisons = comparisons if comparisons is not None else pd.DataFrame(
         [{"role": r, "seed": 0, "diff": 0.05, "lo": -0.01, "hi": 0.1, "p_value": 0.2}
          for r in ("general", "biomedical")])
-    claims = nerexp.loraplus_claims(results=results, comparisons=comparisons, peaks=peaks,
+    rules = nerexp.loraplus_claims if kw.get("synthetic") else nerexp.loraplus_claim_rules
+    claims = rules(results=results, comparisons=comparisons, peaks=peaks,
                                     data_labels={"general": "wnut17", "biomedical": "ncbi-disease"},
                                     encoder_labels={"general": "MiniLM", "biomedical": "MiniLM"}, model="m",
                                     model_params=params, low_resource_sizes=[100, 500], snapshot_every=5, **kw)
@@ -446,12 +448,12 @@ def test_loraplus_claims_paper_scale_and_failures():
 def test_loraplus_claims_not_testable():
     zero = {k: [0.0, 0.0] for k in GOOD}
     c = _lp(_lp_results(zero, {("loraplus", 100): 0.0, ("full", 100): 0.0}), _peaks().assign(ok=False))
-    assert {x.verdict for x in c.values()} == {"not testable at this profile"}
+    assert {x.verdict for x in c.values()} == {"not testable"}
     c = _lp(_lp_results({k: v for k, v in GOOD.items() if k[1] != "encoder"}), pd.DataFrame(),
             comparisons=pd.DataFrame())
-    assert {x.verdict for x in c.values()} == {"not testable at this profile"}
+    assert {x.verdict for x in c.values()} == {"not testable"}
     synthetic = _lp(_lp_results(GOOD, LOW), _peaks(), synthetic=True)
-    assert {x.verdict for x in synthetic.values()} == {"not testable at this profile"}
+    assert {x.verdict for x in synthetic.values()} == {"not testable"}
 
 
 # --------------------------------------------------------------------------- recipes

@@ -22,6 +22,50 @@ def test_every_recipe_with_a_notebook_is_found():
     assert "etlch" in PAPERS
 
 
+@pytest.mark.parametrize("paper", PAPERS)
+def test_every_recipe_key_is_a_notebook_parameter(paper):
+    """A recipe key the notebook does not declare would be accepted on the command line and then ignored."""
+    from ie_helpers.config import load_config
+    from ie_helpers.reproduce import notebook_parameters
+
+    keys = set(load_config(paper, "cpu")) - {"paper", "paper_setting", "paper_baselines"}
+    assert notebook_parameters(paper) == keys
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_no_import_shadows_a_parameter(path):
+    """`from ie_helpers import encoder` after `encoder = None` would hand the module to load_config."""
+    import ast
+
+    from ie_helpers.reproduce import notebook_parameters
+
+    nb = nbformat.read(path, as_version=4)
+    imported = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            for node in ast.walk(ast.parse(cell.source)):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    assert not imported & notebook_parameters(path.stem)
+
+
+def test_a_parameter_the_notebook_does_not_declare_is_refused(monkeypatch):
+    from ie_helpers import reproduce
+
+    monkeypatch.setattr(reproduce, "notebook_parameters", lambda paper: {"profile", "model"})
+    with pytest.raises(reproduce.IEError, match="max_new_tokens are not parameters of notebooks/etlch.ipynb"):
+        reproduce.run_paper("etlch", "smoke", {"max_new_tokens": 3})
+
+
+def test_models_named_include_encoders_per_role():
+    from ie_helpers.reproduce import models_named
+
+    cfg = {"model": "m", "baselines": ["b"], "datasets": {"general": {}, "biomedical": {}},
+           "encoder": {"general": "e1", "biomedical": "e2", "method": "full"}}
+    assert models_named(cfg) == ["m", "b", "e1", "e2"]
+    assert models_named({"model": "m", "baselines": None, "encoder": "bert-base-cased"}) == ["m", "bert-base-cased"]
+
+
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
 def test_committed_notebook_has_parameters_cell_and_no_outputs(path):
     nb = nbformat.read(path, as_version=4)
@@ -37,8 +81,8 @@ def test_notebook_runs_in_smoke_profile(paper, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", paper, "--profile", "smoke",
                            "--reports-dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / paper
-    for name in ("report.html", "review.html", "claims.csv", "run.json", f"{paper}.ipynb"):
+    out = tmp_path / f"{paper}-smoke"  # never reports/<paper>, which holds the committed cpu report
+    for name in ("report.html", "review.html", "log.txt", "claims.csv", "run.json", f"{paper}.ipynb"):
         assert (out / name).exists(), name
     with open(out / "claims.csv") as f:
         rows = list(csv.DictReader(f))
@@ -51,7 +95,7 @@ def test_notebook_runs_in_smoke_profile(paper, tmp_path):
     assert review.index("Claims and verdicts") < review.index("Deviations")  # the summary comes first
     assert "load_config" in (out / "report.html").read_text()
     assert (tmp_path / "index.html").exists()
-    assert not list(out.glob("_tmp*")), "temporary files left behind"
+    assert not list(out.glob("_tmp*")) and not list(tmp_path.glob("_tmp*")), "temporary files left behind"
 
 
 # The paper profile with the papers' hub models swapped for tiny offline ones and sizes cut down: every other
@@ -84,15 +128,15 @@ def test_paper_profile_runs_end_to_end_with_tiny_models(paper, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", paper, "--profile", "paper",
                            *params, "--reports-dir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = json.loads((tmp_path / paper / "run.json").read_text())
+    run = json.loads((tmp_path / f"{paper}-paper" / "run.json").read_text())
     assert run["profile"] == "paper" and all(s.get("source") != "synthetic" for s in run["data_sources"])
-    assert review_page_problems((tmp_path / paper / "review.html").read_text()) == []
+    assert review_page_problems((tmp_path / f"{paper}-paper" / "review.html").read_text()) == []
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--paper", "etlch", "--profile", "gpu"], "unknown profile 'gpu'"),
     (["--paper", "nope"], "unknown paper 'nope'"),
-    (["--paper", "etlch", "--profile", "smoke", "-p", "learning_rate", "1"], "unknown parameter(s) learning_rate"),
+    (["--paper", "etlch", "--profile", "smoke", "-p", "learning_rate", "1"], "parameter(s) learning_rate are not parameters of notebooks/etlch.ipynb"),
     (["--paper", "etlch", "--profile", "smoke", "-p", "model", "meta-llama/Llama-3.2-1B-Instruct"],
      "not available offline"),
     (["--paper", "etlch", "--profile", "smoke", "-p", "training", "{lora: {rank: 8}}"], "unknown key(s) rank"),
@@ -112,3 +156,33 @@ def test_training_size_larger_than_data_is_one_line_error(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "training size 100000 is larger than" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_run_leaves_the_previous_report_whole(tmp_path):
+    previous = tmp_path / "etlch-smoke"
+    previous.mkdir()
+    (previous / "review.html").write_text("previous report")
+    (previous / "run.json").write_text('{"profile": "smoke"}')
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", "etlch", "--profile", "smoke",
+                           "-p", "train_sizes", "[100000]", "--reports-dir", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "previous report in" in proc.stderr
+    partial = proc.stderr.split("partial notebook: ")[1].split(";")[0]
+    assert Path(partial).is_file() and Path(partial).parent.name.startswith("_tmp.etlch-smoke")
+    assert sorted(p.name for p in previous.iterdir()) == ["review.html", "run.json"]
+    assert (previous / "review.html").read_text() == "previous report"
+
+
+def test_swap_in_replaces_a_report_whole(tmp_path):
+    from ie_helpers.reproduce import report_dir, swap_in
+
+    final = report_dir(tmp_path, "etlch", "smoke")
+    assert final.name == "etlch-smoke" and report_dir(tmp_path, "etlch", "cpu").name == "etlch"
+    final.mkdir()
+    (final / "old.csv").write_text("old")
+    staging = tmp_path / "_tmp.etlch-smoke.1"
+    staging.mkdir()
+    (staging / "new.csv").write_text("new")
+    swap_in(staging, final)
+    assert [p.name for p in final.iterdir()] == ["new.csv"] and not staging.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["etlch-smoke"]

@@ -235,7 +235,7 @@ def _fake_report_dir(reports: Path, name: str, verdicts: list[str], profile: str
 def test_build_index_lists_reports_with_verdict_counts(tmp_path):
     reports = tmp_path / "reports"
     _fake_report_dir(reports, "paper_a", ["replicated"] * 3 + ["not replicated"], "smoke")
-    _fake_report_dir(reports, "paper_b", ["not testable at this profile"] * 2 + ["direction only"], "full")
+    _fake_report_dir(reports, "paper_b", ["not testable"] * 2 + ["direction only"], "full")
     (reports / "empty_dir").mkdir()
     atomic_write_text(reports / "bench" / "summary.html", "<html></html>")
 

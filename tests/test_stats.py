@@ -69,7 +69,7 @@ def test_paired_bootstrap_diff():
     diff, lo, hi = paired_bootstrap_diff(a, b)
     assert diff == pytest.approx(np.mean(a - b))
     assert 0.04 < lo < diff < hi < 0.06  # tight because the pairing removes b's spread
-    with pytest.raises(ValueError):
+    with pytest.raises(IEError):
         paired_bootstrap_diff([1.0], [1.0, 2.0])
 
 

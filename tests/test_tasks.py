@@ -5,6 +5,7 @@ import json
 import pytest
 
 from ie_helpers import parsing
+from ie_helpers.errors import IEError
 from ie_helpers.tasks import (
     ETLCH_TASKS,
     SYSTEM_PROMPT,
@@ -73,7 +74,7 @@ def test_chain_input_uses_given_upstream_outputs():
     assert predicted_ner in js and predicted_kge in js
     assert js.index(predicted_ner) < js.index(predicted_kge)
     assert chain_input("ner", "some text", predicted_ner, predicted_kge) == "Text: some text"
-    with pytest.raises(ValueError):
+    with pytest.raises(IEError):
         chain_input("summarise", "x")
 
 
