@@ -190,6 +190,8 @@ def hold_to_policy(claims: list, *, comparisons: set[str], n_seeds: int, tuned_o
         elif claim.claim_id in comparisons:
             held = at_most_inconclusive(claim.verdict, n_seeds=n_seeds, tuned_on_dev=tuned_on_dev)
             if held.verdict != claim.verdict:
-                claim = dataclasses.replace(claim, verdict=held.verdict, note=f"{claim.note} Policy: {held.reason}.")
+                note = claim.note.rstrip()
+                note = f"{note}{'' if not note or note.endswith('.') else '.'} Policy: {held.reason}.".lstrip()
+                claim = dataclasses.replace(claim, verdict=held.verdict, note=note)
         out.append(claim)
     return out
