@@ -53,7 +53,8 @@ GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
                  "baseline_gen_tokens_per_s", "gen_speedup", "greedy_match_rate", "fraction_of_peak",
-                 "flops_per_token", "peak_flops", "device")
+                 "flops_per_token", "peak_flops", "device", "peak_rss_gb", "measured_matmul_flops",
+                 "fraction_of_measured_matmul", "fraction_of_spec_peak")
 
 
 def _log(msg: str) -> None:
@@ -61,6 +62,62 @@ def _log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- machine
+
+
+def _rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Peak resident memory (sampled every 20 ms) and peak CUDA allocation while the block runs, in GB.
+
+    ``ru_maxrss`` only ever grows within a process, so it cannot give each path of one bench run its own
+    peak; sampling VmRSS can (a peak shorter than the interval may be missed)."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self.peak_rss_gb = float("nan")
+        self.cuda_peak_gb = None
+
+    def __enter__(self):
+        import threading
+
+        import torch
+
+        self._cuda = torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._peak = _rss_bytes()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.interval_s):
+                self._peak = max(self._peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss_gb = max(self._peak, _rss_bytes()) / 1e9
+        if self._cuda:
+            torch.cuda.synchronize()
+            self.cuda_peak_gb = torch.cuda.max_memory_allocated() / 1e9
+        return False
+
+    def as_dict(self) -> dict:
+        return {"peak_rss_gb": self.peak_rss_gb, "cuda_peak_gb": self.cuda_peak_gb}
 
 
 def _cpuinfo() -> str:
@@ -360,31 +417,31 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     # fast path keeps the default allocator and the heap-reuse lever runs last. One-time costs (kernel builds,
     # page cache) therefore land on the baseline; the notes say so.
     _log("training: plain-TRL-defaults baseline")
-    with timer.stage("train_baseline"):
+    with timer.stage("train_baseline"), PeakMemory() as mem:
         base_result = train_sft(model_name, records, baseline, use_cache=False, log=lambda m: _log(m.strip()))
     shutil.rmtree(base_result.run_dir, ignore_errors=True)
-    base_run = _run_summary(base_result, resolve_precision(baseline.precision), "float32")
+    base_run = {**_run_summary(base_result, resolve_precision(baseline.precision), "float32"), **mem.as_dict()}
     lever_runs = []
     if levers:
         ordered = sorted(lever_list(fast, baseline, fast_weights), key=lambda lv: lv[0].startswith("reuse_heap"))
         for name, desc, change, weights in ordered:
             _log(f"lever {name}: {desc}")
             settings = dataclasses.replace(baseline, **change)
-            with timer.stage(f"lever:{name}"):
+            with timer.stage(f"lever:{name}"), PeakMemory() as mem:
                 r = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
             shutil.rmtree(r.run_dir, ignore_errors=True)
-            run = _run_summary(r, resolve_precision(settings.precision), weights)
+            run = {**_run_summary(r, resolve_precision(settings.precision), weights), **mem.as_dict()}
             lever_runs.append({
                 "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
                 "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
                 "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
                 "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
-                "losses": run["losses"]})
+                "losses": run["losses"], "peak_rss_gb": run["peak_rss_gb"], "cuda_peak_gb": run["cuda_peak_gb"]})
     _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
-    with timer.stage("train_fast"):
+    with timer.stage("train_fast"), PeakMemory() as mem:
         fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
     shutil.rmtree(fast_result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
-    fast_run = _run_summary(fast_result, fast_precision, fast_weights)
+    fast_run = {**_run_summary(fast_result, fast_precision, fast_weights), **mem.as_dict()}
     out = {
         "fast": {**fast_run, "settings": dataclasses.asdict(fast), "path": "ie_helpers.train.train_sft"},
         "baseline": {**base_run, "settings": dataclasses.asdict(baseline),
@@ -431,7 +488,7 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
 
     from ie_helpers.train import load_for_inference
 
-    with timer.stage("generate"):
+    with timer.stage("generate"), PeakMemory() as mem:
         # the project's inference path (dtype, and oneDNN-packed layers on CPU) against the stock model
         model, tokenizer, _ = load_for_inference(model_name)
         baseline_model, _, _ = load_for_inference(model_name, onednn=False)
@@ -446,7 +503,7 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
         del model, baseline_model
     out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
            "onednn_packed_layers": packed, **main,
-           "headline_dtype": dtype, "fp32_check": None}
+           "headline_dtype": dtype, "fp32_check": None, **mem.as_dict()}
     subset = prompts[:fp32_check_prompts]
     # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load
     estimate = 2.0 * (main["seconds"] + main["baseline_seconds"]) * len(subset) / max(len(prompts), 1) + 10
@@ -661,6 +718,9 @@ def run(args: argparse.Namespace) -> dict:
         "achieved_flops": achieved,
         "baseline_achieved_flops": base_achieved,
         "baseline_fraction_of_peak": base_achieved / peak["peak_flops"] if peak["peak_flops"] else float("nan"),
+        "fraction_of_measured_matmul": achieved / matmul if matmul else float("nan"),
+        "fraction_of_spec_peak": (achieved / peak["spec_peak_flops"]
+                                  if math.isfinite(peak["spec_peak_flops"]) and peak["spec_peak_flops"] else float("nan")),
         "peak_flops": peak["peak_flops"],
         "peak_flops_source": peak["source"],
         "peak_flops_assumption": peak["assumption"],
@@ -679,6 +739,11 @@ def run(args: argparse.Namespace) -> dict:
         "loss_curve_fast": fast["losses"],
         "loss_curve_baseline": base["losses"],
         "loss_curve_max_abs_diff": train["loss_curve_max_abs_diff"],
+        "peak_rss_gb": {"train_fast": fast["peak_rss_gb"], "train_baseline": base["peak_rss_gb"],
+                        "generation": gen["peak_rss_gb"],
+                        **{f"lever:{lv['lever']}": lv["peak_rss_gb"] for lv in train["levers"]}},
+        "cuda_peak_gb": ({"train_fast": fast["cuda_peak_gb"], "train_baseline": base["cuda_peak_gb"],
+                          "generation": gen["cuda_peak_gb"]} if dev["device_type"] == "cuda" else None),
         "model": args.model,
         "model_note": resolved.note,
         "steps": args.steps,
@@ -731,7 +796,12 @@ def _print_summary(s: dict, out_dir: Path) -> None:
         f"unbatched: {s['gen_speedup']:.2f}x; greedy match {s['greedy_match_rate']:.2f} ({s['greedy_match_dtype']})"
         + (f", fp32 {s['greedy_match_rate_fp32']:.2f}" if s["greedy_match_rate_fp32"] is not None else ""),
         f"FLOPs             {s['flops_per_token'] / 1e6:.1f} MFLOP/token, peak {s['peak_flops'] / 1e9:.0f} GFLOP/s, "
-        f"fraction of peak {s['fraction_of_peak']:.3f}" + (f", MFU {s['mfu']:.3f}" if "mfu" in s else ""),
+        f"fraction of peak {s['fraction_of_peak']:.3f}" + (f", MFU {s['mfu']:.3f}" if "mfu" in s else "")
+        + f"; of the measured {s['precision']} matmul ({s['measured_matmul_flops'] / 1e9:.0f} GFLOP/s) "
+        f"{s['fraction_of_measured_matmul']:.3f}, of the spec figure ({s['spec_peak_flops'] / 1e9:.0f} GFLOP/s) "
+        f"{s['fraction_of_spec_peak']:.3f}",
+        "peak memory       " + ", ".join(f"{k} {v:.2f} GB RSS" for k, v in s["peak_rss_gb"].items())
+        + ("; CUDA " + ", ".join(f"{k} {v:.2f} GB" for k, v in s["cuda_peak_gb"].items()) if s.get("cuda_peak_gb") else ""),
     ]
     for lv in s["levers"]:
         lines.append(f"lever             {lv['lever']}: {lv['speedup_vs_baseline']:.2f}x")

@@ -169,9 +169,47 @@ def _tiny_random_llama_folder() -> Path:
     return out
 
 
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.txt"
+
+
 def has_random_weights(name: str) -> bool:
-    """Whether a model is the random-weight test model: its results say nothing about any claim."""
-    return name == "tiny-random-llama"
+    """Whether a model has random weights (the test model, or a folder made by ``random_weight_copy``):
+    its results say nothing about any claim, only about speed and memory."""
+    if name == "tiny-random-llama":
+        return True
+    return (Path(name).expanduser() / RANDOM_WEIGHTS_MARKER).is_file()
+
+
+def random_weight_copy(template: str | Path, out: str | Path, **config_overrides) -> Path:
+    """A randomly initialised model with ``template``'s architecture (its config.json, changed by
+    ``config_overrides``) and tokenizer files, saved in bf16 to ``out`` with a marker file.
+
+    For timing a paper profile where the paper's weights cannot be downloaded (an offline GPU machine):
+    the run has the paper's shapes and FLOPs, and its verdicts are all 'not testable'."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    template, out = Path(template), Path(out)
+    if not (template / "config.json").is_file():
+        raise IEError(f"{template} has no config.json: give a model folder (weights are not needed)")
+    config = AutoConfig.from_pretrained(template)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = (AutoModelForCausalLM if causal else AutoModel).from_config(config, torch_dtype=torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in template.iterdir():  # tokenizer, chat template, sentence-transformers pooling config ...
+        if f.name not in {"model.safetensors", "config.json", "README.md"} and not f.name.endswith(".bin"):
+            (shutil.copytree if f.is_dir() else shutil.copy2)(f, out / f.name)
+    model.save_pretrained(out)
+    (out / RANDOM_WEIGHTS_MARKER).write_text(
+        f"Randomly initialised (seed 0) with the architecture of {template.name}"
+        + (f", changed by {config_overrides}" if config_overrides else "") + ": for speed and memory only.\n")
+    return out
 
 
 def _hub_is_offline() -> bool:

@@ -294,6 +294,32 @@ def torch_device_info() -> dict[str, Any]:
     }
 
 
+def peak_memory() -> dict[str, float | None]:
+    """Peak resident memory of this process (the notebook kernel) and peak CUDA memory, in GB."""
+    import resource
+
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    cuda_gb = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            cuda_gb = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    except ImportError:
+        pass
+    return {"process_peak_rss_gb": round(rss_kb / 1e6, 3), "cuda_peak_allocated_gb": cuda_gb}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_run_json(
     path: str | os.PathLike,
     *,
@@ -320,7 +346,9 @@ def write_run_json(
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "device": torch_device_info(),
+        "peak_memory": peak_memory(),
         "library_versions": library_versions(),
         "extra": dict(extra or {}),
     }

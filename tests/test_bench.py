@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,11 @@ def test_quick_bench_writes_complete_report(tmp_path):
     # the peak divides by the larger of the data-sheet figure and the matmul measured in this run
     spec, matmul = report["spec_peak_flops"], report["measured_matmul_flops"]
     assert matmul > 0 and report["peak_flops"] == pytest.approx(max(spec, matmul) if math.isfinite(spec) else matmul)
+    # the fractions divide the same achieved rate by the two ceilings; every path has its own peak memory
+    achieved = report["train_tokens_per_s"] * report["flops_per_token"]
+    assert report["fraction_of_measured_matmul"] == pytest.approx(achieved / matmul)
+    assert set(report["peak_rss_gb"]) >= {"train_fast", "train_baseline", "generation"}
+    assert all(0.05 < v < 200 for v in report["peak_rss_gb"].values())
     # batched fp32 decoding is exact: every output equals the one-at-a-time output
     if report["greedy_match_dtype"] == "fp32":
         assert report["greedy_match_rate"] == 1.0
@@ -60,3 +66,17 @@ def test_quick_bench_writes_complete_report(tmp_path):
     assert "data:image/png;base64," in html and "train speedup" in html
     assert (tmp_path / "speedups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("_tmp.*")), "an atomic write left a temp file behind"
+
+
+def test_peak_memory_sampler_sees_a_short_lived_allocation():
+    import numpy as np
+
+    from ie_helpers.bench import PeakMemory
+
+    with PeakMemory(interval_s=0.005) as idle:
+        time.sleep(0.05)
+    with PeakMemory(interval_s=0.005) as busy:
+        block = np.ones(int(0.4e9 / 8))  # 0.4 GB, touched, then freed inside the block
+        time.sleep(0.05)
+        del block
+    assert busy.peak_rss_gb >= idle.peak_rss_gb + 0.3

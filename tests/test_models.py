@@ -101,6 +101,27 @@ def test_causal_lm_is_placed_on_the_requested_device():
         assert next(model.parameters()).device.type == "cuda" and next(model.parameters()).dtype == torch.bfloat16
 
 
+def test_random_weight_copy_keeps_the_architecture_and_is_flagged(tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    template = tmp_path / "template"
+    template.mkdir()
+    AutoConfig.for_model("llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         architectures=["LlamaForCausalLM"]).save_pretrained(template)
+    (template / "tokenizer.json").write_text("{}")
+    out = models.random_weight_copy(template, tmp_path / "copy", num_hidden_layers=3)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3 and config["hidden_size"] == 32
+    assert (out / "tokenizer.json").read_text() == "{}" and (out / "model.safetensors").is_file()
+    assert models.has_random_weights(str(out)) and not models.has_random_weights(str(template))
+    assert models.has_random_weights("tiny-random-llama") and not models.has_random_weights("smollm2-135m-instruct")
+    with pytest.raises(IEError, match="no config.json"):
+        models.random_weight_copy(tmp_path / "nothing", tmp_path / "x")
+
+
 def test_memory_plan_for_large_full_finetunes_only():
     from ie_helpers import train
 

@@ -184,6 +184,16 @@ def test_write_run_json_records_provenance(tmp_path, monkeypatch):
     assert "pandas" in record["library_versions"]
     assert record["timestamp_utc"].endswith("+00:00")
     assert record["extra"] == {"note": "test"}
+    assert record["peak_memory"]["process_peak_rss_gb"] > 0.05  # this test process holds at least pandas+numpy
+    assert record["cpu"]
+
+
+def test_peak_memory_grows_with_an_allocation():
+    before = report.peak_memory()["process_peak_rss_gb"]
+    block = np.ones(int((before + 0.3) * 1e9 / 8))  # more than the peak so far, touched page by page
+    after = report.peak_memory()["process_peak_rss_gb"]
+    del block
+    assert after >= before + 0.25
 
 
 # --- HTML export and index -----------------------------------------------------
