@@ -1,9 +1,11 @@
 """Scores for extraction outputs: ROUGE-L, embedding cosine, parse rates, set P/R/F1.
 
-Set-based metrics share one convention, per example and in total:
+Set-based metrics share the span scorer's conventions (``ner``, seqeval):
 precision = 0 when nothing was predicted, recall = 0 when there is no gold,
-F1 = 0 when precision + recall = 0; but when there is nothing to find and nothing
-was found (tp = fp = fn = 0) precision = recall = F1 = 1.0.
+F1 = 0 when precision + recall = 0. Nothing to find and nothing found (tp = fp = fn = 0)
+is a correct answer for one example (per-example F1 = 1.0, as ``ner.per_sentence_f1``),
+but a corpus total with no gold and no predictions at all has no F1 to report and gets
+seqeval's zero_division value, 0.0.
 """
 
 from __future__ import annotations
@@ -170,16 +172,18 @@ def set_prf(pred_sets: Sequence[Iterable], gold_sets: Sequence[Iterable]) -> dic
         tp += len(pred & gold)
         fp += len(pred - gold)
         fn += len(gold - pred)
-    return {**_prf_from_counts(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn}
+    return {**_prf_from_counts(tp, fp, fn, nothing_at_all=0.0), "tp": tp, "fp": fp, "fn": fn}
 
 
 def per_example_f1(pred_sets: Sequence[Iterable], gold_sets: Sequence[Iterable]) -> np.ndarray:
-    """F1 of each example on its own, for paired statistics."""
+    """F1 of each example on its own, for paired statistics (1.0 where both sets are empty)."""
     _check_same_length(pred_sets, gold_sets)
-    return np.asarray(
-        [set_prf([pred], [gold])["f1"] for pred, gold in zip(pred_sets, gold_sets)],
-        dtype=float,
-    )
+    out = []
+    for pred, gold in zip(pred_sets, gold_sets):
+        pred, gold = set(pred or ()), set(gold or ())
+        tp = len(pred & gold)
+        out.append(_prf_from_counts(tp, len(pred) - tp, len(gold) - tp, nothing_at_all=1.0)["f1"])
+    return np.asarray(out, dtype=float)
 
 
 def per_type_prf(
@@ -204,7 +208,8 @@ def per_type_prf(
             else:
                 tp_fp_fn[2] += 1
     rows = [
-        {"type": t, **_prf_from_counts(tp, fp, fn), "support": tp + fn, "tp": tp, "fp": fp, "fn": fn}
+        {"type": t, **_prf_from_counts(tp, fp, fn, nothing_at_all=0.0), "support": tp + fn,
+         "tp": tp, "fp": fp, "fn": fn}
         for t, (tp, fp, fn) in sorted(counts.items())
     ]
     return pd.DataFrame(rows, columns=PRF_COLUMNS)
@@ -262,9 +267,9 @@ def record_meaning(text: Any) -> tuple[set, ParseResult]:
 OUTPUT_MEANING = {"ner": entities_meaning, "kge": triples_meaning, "json": record_meaning}
 
 
-def _prf_from_counts(tp: int, fp: int, fn: int) -> dict:
+def _prf_from_counts(tp: int, fp: int, fn: int, *, nothing_at_all: float) -> dict:
     if tp + fp + fn == 0:
-        return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+        return {"precision": nothing_at_all, "recall": nothing_at_all, "f1": nothing_at_all}
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

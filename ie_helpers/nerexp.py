@@ -1,4 +1,5 @@
-"""Generative NER experiments shared by the financial-NER (F1–F3) and LoRA+ (L1–L4) notebooks.
+"""Generative NER with LLMs: prompts, training records, data loading and scoring (paper-agnostic;
+the financial-NER and LoRA+ studies live in ``ie_helpers.papers``).
 
 A sentence is ``{"tokens": [...], "tags": [...IOB2...]}`` (what ``data.load_split`` returns for
 CoNLL files; IO tags are already converted).  The model sees readable type names
@@ -18,18 +19,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ie_helpers import ner, parsing, verdicts
+from ie_helpers import ner, parsing
 from ie_helpers.errors import IEError
-from ie_helpers.verdicts import NOT_TESTABLE
 from ie_helpers.tasks import SYSTEM_PROMPT, Example, prompt_messages, to_prompt_completion
 
 # Readable names help zero-shot models; tags not listed here are shown as they are.
 DEFAULT_LABEL_NAMES = {"PER": "person", "ORG": "organization", "LOC": "location", "MISC": "miscellaneous",
                        "Disease": "disease", "Chemical": "chemical"}
-# Llama 3 8B in the financial paper (base vs instruct not stated): F1's figure is for these only.
-FINNER_PAPER_MODELS = ("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B")
-PAPER_SCALE_PARAMS = 6e9  # LoRA+ paper: "a 7B LLM"
-MIN_F1 = 0.01  # below this on every system compared, nothing was learned: a claim is not testable
 DATASET_NOTES = {
     "fin-sec": ("fin-sec: SEC filings (loan agreements) annotated for NER by Alvarado et al. (2015), public, "
                 "CC-BY 3.0; 4 types PER/ORG/LOC/MISC (MISC is near-empty) with IO tags converted to IOB2. "
@@ -388,6 +384,20 @@ def score_generated(outputs: Sequence, sentences: Sequence[dict], types: Sequenc
                       rare=rare, n_boot=n_boot, seed=seed)
 
 
+def sentence_counts(score: NERScore, sentences: Sequence[dict]) -> np.ndarray:
+    """(sentences, 3) strict-span tp / fp / fn of one scored system, hallucinated mentions (no span in the
+    sentence) counted as false positives: the input of ``engine`` statistics over seeds and sentences."""
+    gold = [ner.spans_from_bio(ner.io_to_bio(s["tags"])) for s in sentences]
+    pred = [ner.spans_from_bio(p) for p in score.pred_tags]
+    counts = np.zeros((len(gold), 3))
+    halluc = (score.per_sentence["n_hallucinated"].to_numpy() if "n_hallucinated" in score.per_sentence
+              else np.zeros(len(gold)))
+    for k, (g, p) in enumerate(zip(gold, pred)):
+        g, p = set(g), set(p)
+        counts[k] = len(g & p), len(p - g) + halluc[k], len(g - p)
+    return counts
+
+
 def rare_types(train_sentences: Sequence[dict], share: float = 0.15) -> list[str]:
     """Types with less than ``share`` of the training mentions (the paper's rare Product/Location are ~7%)."""
     counts = type_counts(train_sentences)
@@ -439,367 +449,3 @@ def paired_tests(sentences: Sequence[dict], scores: dict[str, NERScore], system:
                                       "p_value"])
     out["p_holm"] = adjust_pvalues(out["p_value"].to_numpy()) if len(out) else []
     return out
-
-
-# --------------------------------------------------------------------------- LoRA+ experiment plan
-
-RUN_KEY = ["role", "method", "ratio", "train_size", "seed"]
-
-
-def loraplus_plan(datasets: dict, train_sizes: dict[str, int], ratio: float, ratio_sweep: dict,
-                  low_resource: dict, curve_roles: Sequence[str] = ()) -> pd.DataFrame:
-    """Every (experiment, role, method, ratio, train_size, seed) the LoRA+ notebook evaluates.
-
-    main: LoRA (ratio 1), LoRA+ and the encoder baseline (ratio nan) per role and seed; sweep: ratios on
-    one role (ratio 1 is standard LoRA); low_resource: LoRA+ and full fine-tuning (ratio nan) per size.
-    Rows that share ``RUN_KEY`` are one training run (trained and evaluated once).
-    """
-    unknown = ({ratio_sweep["role"], low_resource["role"]} | set(curve_roles)) - set(datasets)
-    if unknown:
-        raise IEError(f"role(s) {sorted(unknown)} in ratio_sweep / low_resource / curve_roles are not in datasets "
-                      f"({', '.join(datasets)})")
-    rows = []
-    for role, spec in datasets.items():
-        for seed in spec["seeds"]:
-            rows += [("main", role, "lora", 1.0, train_sizes[role], seed),
-                     ("main", role, "loraplus", float(ratio), train_sizes[role], seed),
-                     ("main", role, "encoder", float("nan"), train_sizes[role], seed)]
-    role = ratio_sweep["role"]
-    for seed in ratio_sweep["seeds"]:
-        rows += [("sweep", role, "lora" if r == 1 else "loraplus", float(r), train_sizes[role], seed)
-                 for r in ratio_sweep["ratios"]]
-    role = low_resource["role"]
-    for n in low_resource["sizes"]:
-        for seed in low_resource["seeds"]:
-            rows += [("low_resource", role, "loraplus", float(ratio), int(n), seed),
-                     ("low_resource", role, "full", float("nan"), int(n), seed)]
-    return pd.DataFrame(rows, columns=["experiment"] + RUN_KEY)
-
-
-def run_key(row) -> tuple:
-    """Hashable identity of one training run (nan ratio of full fine-tuning made comparable)."""
-    r = row["ratio"]
-    return (row["role"], row["method"], None if r != r else float(r), int(row["train_size"]), int(row["seed"]))
-
-
-def run_settings(training: dict, method: str, ratio: float | None, *, full_lr: float, snapshots: bool) -> dict:
-    """Training settings of one run: LoRA (ratio 1), LoRA+ (B's lr x ratio) or full fine-tuning."""
-    lora = {**training["lora"], "loraplus_ratio": None if method != "loraplus" else float(ratio)}
-    out = {**training, "lora": lora, "snapshot_every": training.get("snapshot_every", 0) if snapshots else 0}
-    if method == "full":
-        out.update(full_finetune=True, lr=full_lr, snapshot_every=0)
-    return out
-
-
-def results_frame(plan: pd.DataFrame, scores: dict) -> pd.DataFrame:
-    """The plan with each run's test scores (``scores`` keyed by :func:`run_key`)."""
-    rows = []
-    for _, row in plan.iterrows():
-        m = scores[run_key(row)].metrics
-        rows.append({**row.to_dict(), "micro_f1": m["micro_f1"], "lo": m["micro_lo"], "hi": m["micro_hi"],
-                     "macro_f1": m["macro_f1"], "n_pred": m["n_pred"], "hallucinated": m["hallucinated"],
-                     "parse_fail_lenient": m["parse_fail_lenient"]})
-    return pd.DataFrame(rows)
-
-
-def method_comparisons(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Sequence[dict]], a: str = "loraplus",
-                       b: str = "lora", n_boot: int = 1000) -> pd.DataFrame:
-    """Paired bootstrap of micro-F1(a) − micro-F1(b) per (role, seed) of the main experiment."""
-    main = plan[plan.experiment == "main"]
-    rows = []
-    for (role, seed), g in main.groupby(["role", "seed"], sort=False):
-        ra, rb = g[g.method == a], g[g.method == b]
-        if not len(ra) or not len(rb):
-            continue
-        gold = [ner.io_to_bio(s["tags"]) for s in test_sets[role]]
-        r = ner.paired_bootstrap_f1(gold, scores[run_key(ra.iloc[0])].pred_tags, scores[run_key(rb.iloc[0])].pred_tags,
-                                    n_boot=n_boot, seed=int(seed))
-        rows.append({"role": role, "seed": seed, "a": a, "b": b, "f1_a": r["f1_a"], "f1_b": r["f1_b"],
-                     "diff": r["diff"], "lo": r["lo"], "hi": r["hi"], "p_value": r["p_value"]})
-    return pd.DataFrame(rows, columns=["role", "seed", "a", "b", "f1_a", "f1_b", "diff", "lo", "hi", "p_value"])
-
-
-def seed_spread(results: pd.DataFrame, value: str = "micro_f1") -> pd.DataFrame:
-    """Mean, standard deviation, min and max of ``value`` across seeds per experiment cell."""
-    keys = ["experiment", "role", "method", "ratio", "train_size"]
-    g = results.groupby(keys, dropna=False, sort=False)[value]
-    out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
-    return out.rename(columns={"count": "seeds"})
-
-
-# --------------------------------------------------------------------------- convergence (L3)
-
-def steps_to_peak(curves: pd.DataFrame, tol: float = 0.01, min_peak: float = 0.01) -> pd.DataFrame:
-    """Per (role, method, seed) curve: peak F1, the first step within ``tol`` of it, and whether that is the last step.
-
-    ``ok`` is False when the curve never reaches ``min_peak`` F1 (nothing learned: no peak to time).
-    """
-    rows = []
-    for (role, method, seed), g in curves.groupby(["role", "method", "seed"], sort=False):
-        g = g.sort_values("step")
-        peak = float(g["f1"].max())
-        step = int(g.loc[g["f1"] >= peak - tol, "step"].iloc[0])
-        last = int(g["step"].max())
-        rows.append({"role": role, "method": method, "seed": seed, "peak_f1": peak, "peak_step": step,
-                     "last_step": last, "censored": step == last, "ok": peak >= min_peak})
-    return pd.DataFrame(rows, columns=["role", "method", "seed", "peak_f1", "peak_step", "last_step", "censored",
-                                       "ok"])
-
-
-def peak_ratios(peaks: pd.DataFrame) -> pd.DataFrame:
-    """LoRA+ steps-to-peak / LoRA steps-to-peak, per (role, seed) where both curves learned something."""
-    ok = peaks[peaks["ok"]]
-    a = ok[ok.method == "loraplus"].set_index(["role", "seed"])
-    b = ok[ok.method == "lora"].set_index(["role", "seed"])
-    both = a.index.intersection(b.index)
-    return pd.DataFrame([{"role": r, "seed": s, "steps_loraplus": a.loc[(r, s), "peak_step"],
-                          "steps_lora": b.loc[(r, s), "peak_step"],
-                          "ratio": a.loc[(r, s), "peak_step"] / b.loc[(r, s), "peak_step"],
-                          "lora_censored": bool(b.loc[(r, s), "censored"]),
-                          "loraplus_censored": bool(a.loc[(r, s), "censored"])} for r, s in both],
-                        columns=["role", "seed", "steps_loraplus", "steps_lora", "ratio", "lora_censored",
-                                 "loraplus_censored"])
-
-
-# --------------------------------------------------------------------------- claims
-
-def _fmt(x: float) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _synthetic_claims(ids_and_paper: list[tuple[str, str]]) -> list:
-    from ie_helpers.report import Claim
-
-    return [Claim(cid, paper, "n/a", NOT_TESTABLE,
-                  "this run used synthetic template data, not a real corpus") for cid, paper in ids_and_paper]
-
-
-F_CLAIMS = [("F1", "micro-F1 0.894 (Llama-3-8B + LoRA)"),
-            ("F2", "beats Qwen3-8B (0.833) and Baichuan2-7B (0.792) by ~6 points"),
-            ("F3", "macro-F1 on rare types < micro-F1 (open question)")]
-
-
-def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_system: str,
-                  llm_baselines: dict[str, list[str]], paper_baselines: Sequence[str], model: str,
-                  data_label: str, seed_f1: Sequence[float] = (), synthetic: bool = False, paper_data: bool = False,
-                  tuned_on_dev: bool = False, random_weights: bool = False) -> list:
-    """Verdicts for F1–F3 by the shared policy (``verdicts``).
-
-    ``systems``: ``systems_table`` rows plus the rare-type columns of the fine-tuned system;
-    ``comparisons``: ``paired_tests`` of ``final_system`` against every other system;
-    ``llm_baselines``: baseline model → its system names (zero-/few-shot), the best of which is compared;
-    ``seed_f1``: micro-F1 of the fine-tuned model for every seed (shown when there are several);
-    ``paper_data``: the data is the paper's own (private) corpus, so F1's absolute figure is comparable.
-    """
-    if synthetic:
-        return _synthetic_claims(F_CLAIMS)
-    claims = finner_claim_rules(systems=systems, comparisons=comparisons, final_system=final_system,
-                                llm_baselines=llm_baselines, paper_baselines=paper_baselines, model=model,
-                                data_label=data_label, seed_f1=seed_f1, paper_data=paper_data)
-    return verdicts.hold_to_policy(claims, comparisons={"F2", "F3"}, n_seeds=max(1, len(seed_f1)),
-                                   tuned_on_dev=tuned_on_dev, random_weights=random_weights)
-
-
-def finner_claim_rules(*, systems, comparisons, final_system, llm_baselines, paper_baselines, model, data_label,
-                       seed_f1, paper_data) -> list:
-    from ie_helpers.report import Claim
-
-    claims = []
-    row = systems.set_index("system").loc[final_system]
-    paper_scale = model in FINNER_PAPER_MODELS
-    corpus = f"on {data_label}, not the paper's private 7-type corpus"
-
-    # F1: micro-F1 0.894.
-    measured = f"{_fmt(row.micro_f1)} [95% CI {_fmt(row.micro_lo)}–{_fmt(row.micro_hi)}]"
-    if len(seed_f1) > 1:
-        measured += f" (seeds: {', '.join(_fmt(x) for x in seed_f1)})"
-    v1 = verdicts.absolute(row.micro_f1, row.micro_lo, row.micro_hi, 0.894,
-                           own_model_and_data=paper_scale and paper_data)
-    if paper_scale and paper_data:
-        note = f"{model} with LoRA on the paper's corpus. {v1.reason}"
-    else:
-        note = (f"0.894 is for Llama-3-8B on the paper's private corpus; this run fine-tunes {model}, {corpus}, so "
-                "the figure is not comparable (shown for reference)")
-    claims.append(Claim("F1", F_CLAIMS[0][1], measured, v1.verdict, note))
-
-    # F2: beats the 7-8B baselines by ~6 points.
-    comp = comparisons.set_index("baseline") if len(comparisons) else comparisons
-    best = {}
-    for base_model, names in llm_baselines.items():
-        ran = [n for n in names if len(comp) and n in comp.index]
-        if ran:
-            best[base_model] = max(ran, key=lambda n: comp.loc[n, "f1_baseline"])
-    if not best:
-        claims.append(Claim("F2", F_CLAIMS[1][1], "n/a", NOT_TESTABLE,
-                            "no LLM baseline was evaluated in this run"))
-    elif max([row.micro_f1] + [comp.loc[n, "f1_baseline"] for n in best.values()]) < MIN_F1:
-        claims.append(Claim("F2", F_CLAIMS[1][1], f"all systems micro-F1 < {MIN_F1}", NOT_TESTABLE,
-                            "neither the fine-tuned model nor any baseline found entities at this profile"))
-    else:
-        parts, ok = [], {}
-        for base_model, name in best.items():
-            r = comp.loc[name]
-            ok[base_model] = bool(r["diff"] > 0 and r["p_holm"] < 0.05)
-            parts.append(f"vs {name}: {100 * r['diff']:+.1f} pts [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}], "
-                         f"Holm p={r['p_holm']:.2g}")
-        ran_paper = [b for b in best if b in paper_baselines]
-        if ran_paper and paper_scale:
-            v2 = "replicated" if all(ok[b] for b in ran_paper) else "not replicated"
-            missing = [b for b in paper_baselines if b not in ran_paper]
-            note = (f"paper baselines evaluated: {', '.join(ran_paper)} (best of zero-/few-shot; the paper does "
-                    f"not say how it prompted them){'; not evaluated: ' + ', '.join(missing) if missing else ''}; "
-                    f"replicated = significantly better (paired bootstrap, Holm p < 0.05); paper gaps +6.1 / +10.2 "
-                    f"points; {corpus}")
-        else:
-            v2 = "direction only" if all(ok.values()) else "not replicated"
-            note = (f"baselines here ({', '.join(best)}, best of zero-/few-shot) are not the paper's Qwen3-8B / "
-                    f"Baichuan2-7B{'' if paper_scale else f', and the fine-tuned model is {model}'}, so only the "
-                    "direction (fine-tuned beats every baseline, paired bootstrap, Holm p < 0.05) is checked")
-        claims.append(Claim("F2", F_CLAIMS[1][1], "; ".join(parts), v2, note))
-
-    # F3: macro-F1 on rare types lower than micro-F1.
-    rare = str(row.get("rare_types", "") or "")
-    if not rare or row.rare_macro_f1 != row.rare_macro_f1:
-        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", NOT_TESTABLE,
-                            "no rare type (see rare_type_share) occurs in the evaluation set"))
-    elif row.micro_f1 < MIN_F1:
-        claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", NOT_TESTABLE,
-                            f"the fine-tuned model found no entities (micro-F1 < {MIN_F1})"))
-    else:
-        measured = (f"rare-type macro-F1 {_fmt(row.rare_macro_f1)} ({rare}) vs micro {_fmt(row.micro_f1)}; "
-                    f"difference {_fmt(row.rare_minus_micro)} [{_fmt(row.rare_minus_micro_lo)}, "
-                    f"{_fmt(row.rare_minus_micro_hi)}]")
-        lower = row.rare_minus_micro_hi < 0
-        v3 = "direction only" if lower else "not replicated"
-        note = (f"{final_system}; paired bootstrap over sentences. The paper gives no figure and its rare types are "
-                f"Product/Location; here rare = types below the training-share threshold, {corpus}"
-                + ("" if lower else "; the rare-type macro-F1 is not significantly below micro-F1"))
-        claims.append(Claim("F3", F_CLAIMS[2][1], measured, v3, note))
-    return claims
-
-
-L_CLAIMS = [("L1", "CoNLL-2003 F1: LoRA+ 92.4 > specialised NER 91.8 > LoRA 91.1"),
-            ("L2", "biomedical F1: LoRA+ 85.2 > BioBERT 83.5 > LoRA 82.7"),
-            ("L3", "LoRA+ peaks in 60% of LoRA's steps"),
-            ("L4", "LoRA+ competitive with full fine-tuning at 100–500 examples")]
-
-
-def _seed_text(vals: pd.Series) -> str:
-    v = vals.to_numpy(dtype=float)
-    spread = f" (seeds: {', '.join(f'{x:.3f}' for x in v)})" if len(v) > 1 else ""
-    return f"{np.mean(v):.3f}{spread}"
-
-
-def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: pd.DataFrame,
-                    data_labels: dict[str, str], encoder_labels: dict[str, str], model: str,
-                    model_params: float, low_resource_sizes: Sequence[int], snapshot_every: int,
-                    dev_sentences: int = 0, competitive_margin: float = 0.02, synthetic: bool = False,
-                    tuned_on_dev: bool = False, random_weights: bool = False) -> list:
-    """Verdicts for L1–L4 by the shared policy (``verdicts``; seeds counted per compared cell).
-
-    ``results``: one row per (experiment, role, method, ratio, train_size, seed) with ``micro_f1``;
-    methods are lora, loraplus, full, encoder; experiments main, sweep, low_resource.
-    ``comparisons``: LoRA+ vs LoRA paired bootstrap per (role, seed). ``peaks``: ``steps_to_peak`` output.
-    """
-    if synthetic:
-        return _synthetic_claims(L_CLAIMS)
-    claims = loraplus_claim_rules(results=results, comparisons=comparisons, peaks=peaks, data_labels=data_labels,
-                                  encoder_labels=encoder_labels, model=model, model_params=model_params,
-                                  low_resource_sizes=low_resource_sizes, snapshot_every=snapshot_every,
-                                  dev_sentences=dev_sentences, competitive_margin=competitive_margin)
-    seeds = results.groupby(["experiment", "role", "method", "train_size"], dropna=False)["seed"].nunique()
-    return verdicts.hold_to_policy(claims, comparisons={"L1", "L2", "L3", "L4"},
-                                   n_seeds=int(seeds.min()) if len(seeds) else 0, tuned_on_dev=tuned_on_dev,
-                                   random_weights=random_weights)
-
-
-def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_labels, model, model_params,
-                         low_resource_sizes, snapshot_every, dev_sentences=0, competitive_margin=0.02) -> list:
-    from ie_helpers.report import Claim
-
-    paper_scale = model_params >= PAPER_SCALE_PARAMS
-    scale_note = "" if paper_scale else f"; {model} ({model_params / 1e6:.0f}M parameters) stands in for a 7B LLM"
-    main = results[results.experiment == "main"]
-    claims = []
-
-    for cid, role, paper, bench in (("L1", "general", L_CLAIMS[0][1], "CoNLL-2003"),
-                                    ("L2", "biomedical", L_CLAIMS[1][1], "the paper's (unnamed) biomedical set")):
-        sub = main[main.role == role]
-        f1 = {m: sub[sub.method == m].sort_values("seed")["micro_f1"] for m in ("loraplus", "lora", "encoder")}
-        if any(len(v) == 0 for v in f1.values()):
-            claims.append(Claim(cid, paper, "n/a", NOT_TESTABLE,
-                                f"LoRA, LoRA+ or the encoder baseline was not run on the {role} dataset"))
-            continue
-        mean = {m: float(v.mean()) for m, v in f1.items()}
-        if max(mean["lora"], mean["loraplus"]) < MIN_F1:
-            claims.append(Claim(cid, paper, f"LoRA+ {mean['loraplus']:.3f}, LoRA {mean['lora']:.3f}",
-                                NOT_TESTABLE,
-                                f"neither LoRA nor LoRA+ learned the task at this profile (test F1 < {MIN_F1})"))
-            continue
-        comp = comparisons[comparisons.role == role] if len(comparisons) else comparisons
-        tests = "; ".join(f"seed {r.seed}: {100 * r.diff:+.1f} pts, p={r.p_value:.2g}" for r in comp.itertuples())
-        measured = (f"LoRA+ {_seed_text(f1['loraplus'])}, LoRA {_seed_text(f1['lora'])}, "
-                    f"{encoder_labels.get(role, 'encoder')} {_seed_text(f1['encoder'])}")
-        beats_lora, beats_enc = mean["loraplus"] > mean["lora"], mean["loraplus"] > mean["encoder"]
-        verdict = "direction only" if beats_lora and beats_enc else "not replicated"
-        failed = [x for x, ok in (("LoRA+ ≤ LoRA", beats_lora), ("LoRA+ ≤ the encoder baseline", beats_enc))
-                  if not ok]
-        note = (f"{data_labels.get(role, role)} stands in for {bench} and {encoder_labels.get(role, 'the encoder')} "
-                f"for the paper's specialised model, so only the ordering is checked{scale_note}. "
-                f"LoRA+ − LoRA paired bootstrap: {tests or 'n/a'}"
-                + (f". Failed: {', '.join(failed)}" if failed else ""))
-        claims.append(Claim(cid, paper, measured, verdict, note))
-
-    # L3: steps to peak, from the snapshot curves.
-    ratios = peak_ratios(peaks) if len(peaks) else pd.DataFrame()
-    if not len(ratios):
-        claims.append(Claim("L3", L_CLAIMS[2][1], "n/a", NOT_TESTABLE,
-                            "no pair of LoRA / LoRA+ convergence curves that both learned something"))
-    else:
-        r = float(ratios["ratio"].mean())
-        measured = f"ratio {r:.2f} (" + "; ".join(f"{x.role} seed {x.seed}: {x.steps_loraplus}/{x.steps_lora}"
-                                                  for x in ratios.itertuples()) + " steps)"
-        if r >= 1:
-            v3 = "not replicated"
-        elif paper_scale and r <= 0.8:
-            v3 = "replicated"
-        else:
-            v3 = "direction only"
-        censored = int(ratios["lora_censored"].sum())
-        note = (f"first snapshot within the tolerance of each curve's peak dev F1"
-                + (f" on {dev_sentences} dev sentences (noisy)" if dev_sentences else "")
-                + f"; snapshots every {snapshot_every} steps set the resolution{scale_note}"
-                + (f"; LoRA peaked at its last snapshot in {censored} curve(s), so its true steps-to-peak may be "
-                   "larger (the ratio is then an upper bound)" if censored else ""))
-        claims.append(Claim("L3", L_CLAIMS[2][1], measured, v3, note))
-
-    # L4: LoRA+ vs full fine-tuning at low resource.
-    low = results[results.experiment == "low_resource"]
-    sizes = sorted(set(low.train_size[low.method == "full"]) & set(low.train_size[low.method == "loraplus"]))
-    if not sizes:
-        claims.append(Claim("L4", L_CLAIMS[3][1], "n/a", NOT_TESTABLE,
-                            "no full fine-tuning run to compare with"))
-    elif low[low.method.isin(["loraplus", "full"]) & low.train_size.isin(sizes)]["micro_f1"].max() < MIN_F1:
-        claims.append(Claim("L4", L_CLAIMS[3][1], f"all runs F1 < {MIN_F1}", NOT_TESTABLE,
-                            "neither LoRA+ nor full fine-tuning learned the task at this profile"))
-    else:
-        parts, ok_all = [], True
-        for n in sizes:
-            a = low[(low.train_size == n) & (low.method == "loraplus")]["micro_f1"].mean()
-            b = low[(low.train_size == n) & (low.method == "full")]["micro_f1"].mean()
-            ok_all &= bool(a - b >= -competitive_margin)
-            parts.append(f"n={n}: LoRA+ {a:.3f} vs full {b:.3f} ({100 * (a - b):+.1f} pts)")
-        missing = [n for n in low_resource_sizes if n not in sizes]
-        wide = max(sizes) >= 300 and min(sizes) <= 150
-        if not ok_all:
-            v4 = "not replicated"
-        elif paper_scale and wide:
-            v4 = "replicated"
-        else:
-            v4 = "direction only"
-        note = (f"competitive = LoRA+ at most {100 * competitive_margin:.0f} F1 points below full fine-tuning at "
-                f"every size{scale_note}"
-                + ("" if wide else "; the sizes run do not span ~100 to ~500 examples")
-                + (f"; sizes {missing} not run" if missing else ""))
-        claims.append(Claim("L4", L_CLAIMS[3][1], "; ".join(parts), v4, note))
-    return claims

@@ -57,6 +57,41 @@ def parse_value(text: str):
         return text
 
 
+def absolute_paths(value, base: Path | None = None):
+    """Every string in a parameter value that names an existing file or folder relative to ``base`` (the
+    directory the command ran from), made absolute: the kernel runs in ``notebooks/``, where a relative
+    path would point elsewhere. Built-in names and hub ids are left alone unless such a path exists."""
+    base = base or Path.cwd()
+    if isinstance(value, dict):
+        return {k: absolute_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [absolute_paths(v, base) for v in value]
+    if isinstance(value, str) and value and not Path(value).is_absolute() and value not in _registered_names():
+        candidate = (base / Path(value).expanduser()).resolve()
+        if candidate.exists():
+            return str(candidate)
+    return value
+
+
+def _registered_names() -> set[str]:
+    from ie_helpers.data import DATASETS
+    from ie_helpers.models import BUILTINS
+
+    return set(DATASETS) | set(BUILTINS)
+
+
+PATH_VARIABLES = ("IE_DATA_DIR", "IE_CACHE_DIR", "IE_TEST_MODEL_CACHE", "HF_HOME")
+
+
+def absolute_path_variables(environ=os.environ, base: Path | None = None) -> None:
+    """Relative folders in the environment, made absolute for the kernel (it runs in ``notebooks/``)."""
+    base = base or Path.cwd()
+    for name in PATH_VARIABLES:
+        value = environ.get(name)
+        if value and not Path(value).expanduser().is_absolute():
+            environ[name] = str((base / value).resolve())
+
+
 def failure_message(executed_ipynb: Path) -> str:
     """The one-line reason a notebook stopped: an IEError line (see notebook.setup) or the last error output."""
     import nbformat
@@ -135,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="notebook parameter override, e.g. -p train_sizes '[25, 50]'")
     parser.add_argument("--reports-dir", default=str(REPORTS))
     args = parser.parse_args(argv)
-    params = {name: parse_value(value) for name, value in args.p}
+    params = {name: absolute_paths(parse_value(value)) for name, value in args.p}
+    absolute_path_variables()
     try:
         papers = notebook_papers() if args.paper == "all" else [args.paper]
         for paper in papers:

@@ -23,7 +23,7 @@ def test_train_entry_point_under_accelerate_launch(private_cache):
         pytest.skip("accelerate CLI not installed")
     env = {**os.environ, "IE_CACHE_DIR": str(private_cache), "HF_HUB_OFFLINE": "1"}
     cmd = [str(launcher), "launch", "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "ie_helpers.train", "--paper", "etlch", "--profile", "smoke", "--size", "4"]
+           "--dynamo_backend", "no", "-m", "ie_helpers.papers.launch", "--paper", "etlch", "--profile", "smoke", "--size", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -36,7 +36,8 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from ie_helpers import etlch, ner, nerexp, stats
+from ie_helpers import ner, nerexp, stats
+from ie_helpers.papers import etlch
 
 Z95 = float(norm.ppf(0.975))  # 1.95996...
 N = 80  # examples (sentences, documents) per simulated data set
@@ -127,7 +128,7 @@ def test_plateau_with_ci_reports_the_2_5_and_97_5_percentiles_of_its_refits(monk
     assert res["hi"] - res["lo"] > 1.05 * (hi90 - lo90)
 
 
-# --------------------------------------------------------------------------- ie_helpers.etlch
+# --------------------------------------------------------------------------- ie_helpers.papers.etlch
 
 
 def test_etlch_summarise_covers_95_with_closed_form_width():

@@ -1,4 +1,4 @@
-"""Tests for ie_helpers.etlch: per-document scoring of messy outputs, paired comparisons, claims E1–E6.
+"""Tests for ie_helpers.papers.etlch: per-document scoring of messy outputs, paired comparisons, claims E1–E6.
 
 A fake sentence encoder stands in for MiniLM (no model is loaded), and the score frames for the
 claims are small synthetic tables, so nothing here trains or generates.
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ie_helpers import etlch
+from ie_helpers.papers import etlch
 from ie_helpers.config import load_config
 from ie_helpers.report import VERDICTS, Claim
 from ie_helpers.tasks import label_sets
@@ -329,3 +329,24 @@ def test_chain_without_ner_task_uses_gold_entities_downstream(recorded_generate)
     out = etlch.run_chain(None, None, DOCS, tasks=("kge", "json"), entity_types=ENTITY_TYPES, relation_types=rels)
     assert sorted(out) == ["json", "kge"]
     assert f"Entities: {GOLD[0]['ner']}\nTriples: kge-pred-0" in recorded_generate["json"][0]
+
+
+def test_a_user_file_is_split_so_no_test_document_is_trained_on(tmp_path):
+    import json as _json
+
+    from ie_helpers.config import load_config
+
+    docs = [{"tokens": ["Doc", str(i), "in", "Boston"], "entities": [[3, 4, "Loc"]], "relations": []}
+            for i in range(20)]
+    path = tmp_path / "mine.json"
+    path.write_text(_json.dumps(docs))
+    cfg = load_config("etlch", "smoke", dataset=str(path))
+    loaded = etlch.load_documents(cfg)
+    train_ids = {d["tokens"][1] for d in loaded["train"]}
+    test_ids = {d["tokens"][1] for d in loaded["test"]}
+    assert len(test_ids) == 4 and len(train_ids) == 16 and not train_ids & test_ids
+    assert [p.n_items for p in loaded["provenance"]] == [16, 4] and "held out" in loaded["notes"][0]
+    records, model, settings = etlch.launch_records(cfg, 2, seed=0)
+    assert model == cfg["model"] and settings["seed"] == 0
+    trained_on = {r["prompt"][-1]["content"] for r in records}
+    assert not any(f"Doc {i} in Boston" in text for text in trained_on for i in test_ids)

@@ -195,10 +195,10 @@ def test_set_prf_unequal_precision_recall():
 def test_set_prf_empty_conventions():
     assert set_prf([set()], [{1}]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 1}
     assert set_prf([{1}], [set()]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 1, "fn": 0}
-    assert set_prf([set(), set()], [set(), set()]) == {
-        "precision": 1.0, "recall": 1.0, "f1": 1.0, "tp": 0, "fp": 0, "fn": 0,
+    assert set_prf([set(), set()], [set(), set()]) == {  # a corpus with nothing at all: seqeval's 0
+        "precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0, "fn": 0,
     }
-    assert set_prf([], [])["f1"] == 1.0
+    assert set_prf([], [])["f1"] == 0.0
     with pytest.raises(IEError):
         set_prf([set()], [])
 
@@ -245,3 +245,16 @@ def test_entity_set_normalises_and_deduplicates():
 def test_triple_set_normalises_relation():
     triples = [("Ada", "Born In", "London."), ("ada", " born  in ", "london"), ("Ada", "", "x"), ("Alan", "works_for", "NPL")]
     assert triple_set(triples) == {("ada", "born_in", "london"), ("alan", "works_for", "npl")}
+
+
+def test_empty_cases_follow_one_convention_in_both_f1_engines():
+    from ie_helpers import metrics, ner
+
+    # one example with nothing to find and nothing found: a correct answer in both engines
+    assert metrics.per_example_f1([set()], [set()])[0] == 1.0
+    assert ner.per_sentence_f1([[]], [[]])[0] == 1.0
+    # a corpus with no gold and no predictions at all: seqeval's zero_division value in both
+    assert metrics.set_prf([set(), set()], [set(), set()])["f1"] == 0.0
+    assert ner.score_ner([["O", "O"]], [["O", "O"]])["micro_f1"] == 0.0
+    # anything predicted against empty gold, or missed, is 0 for that example
+    assert metrics.per_example_f1([{"x"}], [set()])[0] == 0.0 == ner.per_sentence_f1([[]], [[(0, 1, "PER")]])[0]

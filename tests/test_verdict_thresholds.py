@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from ie_helpers import etlch, nerexp, stats
+from ie_helpers import nerexp, stats
+from ie_helpers.papers import etlch, finner, loraplus
 from ie_helpers.config import load_config
 
 FT, BASE = "LoRA n=300", "zero-shot smollm2-135m-instruct"
@@ -168,7 +169,7 @@ def _finner(*, f1=0.5, hi=0.55, diffs=(0.1, 0.1), p_value=(0.001, 0.001), p_holm
     comparisons = pd.DataFrame([{"system": "ft", "baseline": b, "f1_system": f1, "f1_baseline": f1 - d, "diff": d,
                                  "lo": d - 0.05, "hi": d + 0.05, "p_value": pv, "p_holm": ph}
                                 for b, d, pv, ph in zip(("zero-shot a", "zero-shot b"), diffs, p_value, p_holm)])
-    claims = nerexp.finner_claims(systems=systems, comparisons=comparisons, final_system="ft",
+    claims = finner.finner_claims(systems=systems, comparisons=comparisons, final_system="ft",
                                   llm_baselines={"a": ["zero-shot a"], "b": ["zero-shot b"]},
                                   paper_baselines=load_config("finner", "paper")["paper_baselines"], model=model,
                                   data_label="fin-sec", seed_f1=[f1] * 3, tuned_on_dev=True,
@@ -222,7 +223,7 @@ def _loraplus(*, plus=0.5, lora=0.4, encoder=0.3, plus_step=50, low_plus=0.5, lo
     main = {(r, m): [v, v] for r in ("general", "biomedical")
             for m, v in (("loraplus", plus), ("lora", lora), ("encoder", encoder))}
     low = {("loraplus", 100): low_plus, ("full", 100): low_full, ("loraplus", 500): low_500, ("full", 500): low_500}
-    claims = nerexp.loraplus_claim_rules(results=_results(main, low), comparisons=pd.DataFrame(), peaks=_peaks(plus_step),
+    claims = loraplus.loraplus_claim_rules(results=_results(main, low), comparisons=pd.DataFrame(), peaks=_peaks(plus_step),
                                     data_labels={}, encoder_labels={}, model="m", model_params=params,
                                     low_resource_sizes=[100, 500], snapshot_every=10, competitive_margin=margin,
                                     dev_sentences=0)
@@ -241,8 +242,8 @@ def test_l1_l2_ordering_is_strict(plus, encoder, verdict):
 
 @pytest.mark.parametrize("plus_step, params, verdict", [
     (100, 7e9, "not replicated"), (99, 7e9, "direction only"), (81, 7e9, "direction only"),
-    (80, 7e9, "replicated"), (50, nerexp.PAPER_SCALE_PARAMS - 1, "direction only"),
-    (50, nerexp.PAPER_SCALE_PARAMS, "replicated")])
+    (80, 7e9, "replicated"), (50, loraplus.PAPER_SCALE_PARAMS - 1, "direction only"),
+    (50, loraplus.PAPER_SCALE_PARAMS, "replicated")])
 def test_l3_steps_ratio_thresholds(plus_step, params, verdict):
     assert _loraplus(plus_step=plus_step, params=params)["L3"] == verdict
 
@@ -253,8 +254,8 @@ def test_l4_competitive_margin(low_plus, verdict):
 
 
 def test_nothing_learned_is_not_testable_at_min_f1():
-    below = nerexp.MIN_F1 - EPS
+    below = loraplus.MIN_F1 - EPS
     v = _loraplus(plus=below, lora=below, encoder=0.0, low_plus=below, low_full=below, low_500=below)
     assert v["L1"] == v["L2"] == v["L4"] == "not testable"
-    v = _loraplus(plus=nerexp.MIN_F1, lora=0.0, encoder=0.0)
+    v = _loraplus(plus=loraplus.MIN_F1, lora=0.0, encoder=0.0)
     assert v["L1"] == "direction only"

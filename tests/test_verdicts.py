@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ie_helpers import etlch, nerexp, verdicts
+from ie_helpers import verdicts
+from ie_helpers.papers import etlch, finner, loraplus
 from ie_helpers.errors import IEError
 from ie_helpers.verdicts import (DIRECTION_ONLY, INCONCLUSIVE, NOT_REPLICATED, NOT_TESTABLE, REPLICATED,
                                  Evidence)
@@ -133,15 +134,15 @@ def test_finner_and_loraplus_go_through_the_policy():
                                  "diff": 0.4, "lo": 0.3, "hi": 0.5, "p_value": 1e-3, "p_holm": 1e-3}])
     args = dict(systems=systems, comparisons=comparisons, final_system="ft", llm_baselines={"m": ["zero-shot m"]},
                 paper_baselines=[], model="smollm2-135m-instruct", data_label="fin-sec")
-    one_seed = {c.claim_id: c.verdict for c in nerexp.finner_claims(**args, seed_f1=[0.5])}
+    one_seed = {c.claim_id: c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5])}
     assert one_seed == {"F1": NOT_TESTABLE, "F2": INCONCLUSIVE, "F3": INCONCLUSIVE}
-    three = {c.claim_id: c.verdict for c in nerexp.finner_claims(**args, seed_f1=[0.5] * 3, tuned_on_dev=True)}
+    three = {c.claim_id: c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5] * 3, tuned_on_dev=True)}
     assert three["F2"] == three["F3"] == DIRECTION_ONLY
-    assert {c.verdict for c in nerexp.finner_claims(**args, seed_f1=[0.5] * 3, random_weights=True)} == {NOT_TESTABLE}
+    assert {c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5] * 3, random_weights=True)} == {NOT_TESTABLE}
     results = pd.DataFrame([{"experiment": "main", "role": r, "method": m, "ratio": 1.0, "train_size": 80, "seed": s,
                              "micro_f1": v} for r in ("general", "biomedical")
                             for m, v in (("loraplus", 0.5), ("lora", 0.4), ("encoder", 0.3)) for s in (0, 1)])
-    claims = nerexp.loraplus_claims(results=results, comparisons=pd.DataFrame(), peaks=pd.DataFrame(),
+    claims = loraplus.loraplus_claims(results=results, comparisons=pd.DataFrame(), peaks=pd.DataFrame(),
                                     data_labels={}, encoder_labels={}, model="m", model_params=7e9,
                                     low_resource_sizes=[100], snapshot_every=5, tuned_on_dev=True)
     by_id = {c.claim_id: c for c in claims}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ie_helpers import metrics, verdicts
+from ie_helpers import metrics, tasks, verdicts
 from ie_helpers.data import nested_sample
 from ie_helpers.generate import GenerationStats, generate
 from ie_helpers.verdicts import NOT_TESTABLE
@@ -38,6 +38,38 @@ def training_records(docs: list[dict], n: int, seed: int, *, tasks, entity_types
     sample = nested_sample(docs, n, seed, what="training documents")
     return [to_prompt_completion(ex) for i, doc in enumerate(sample)
             for ex in etlch_examples(doc, i, tasks, entity_types=entity_types, relation_types=relation_types)]
+
+
+HOLDOUT = 0.2  # share of a user's single file held out as the test set (as the NER notebooks do)
+
+
+def load_documents(cfg: dict) -> dict:
+    """Training and evaluation documents with provenance; a user file with no separate test split is split
+    once (seed 1234), so no document is both trained on and scored."""
+    import dataclasses
+
+    from ie_helpers import data, nerexp
+
+    train_docs, train_prov = data.load_split(cfg["dataset"], "train", allow_synthetic=cfg["allow_synthetic"])
+    notes = []
+    if train_prov.source == "user-file":
+        train_docs, test_docs = nerexp.split_holdout(train_docs, HOLDOUT, seed=1234)
+        test_prov = dataclasses.replace(train_prov, split=f"test (held out {HOLDOUT:.0%})", n_items=len(test_docs))
+        train_prov.split, train_prov.n_items = f"train ({1 - HOLDOUT:.0%})", len(train_docs)
+        notes.append(f"{cfg['dataset']} has no separate test file: {len(test_docs)} documents ({HOLDOUT:.0%}, "
+                     "seed 1234) were held out as the test set and never trained on")
+    else:
+        test_docs, test_prov = data.load_split(cfg["dataset"], cfg["eval_split"], allow_synthetic=cfg["allow_synthetic"])
+    return {"train": train_docs, "test": test_docs, "provenance": [train_prov, test_prov], "notes": notes}
+
+
+def launch_records(cfg: dict, size: int | None, seed: int) -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one LoRA run (the notebook's training loop, one size and seed)."""
+    docs = load_documents(cfg)["train"]
+    ents, rels = tasks.label_sets(docs)
+    records = training_records(docs, size or max(cfg["train_sizes"]), seed, tasks=cfg["tasks"], entity_types=ents,
+                               relation_types=rels)
+    return records, cfg["model"], {**cfg["training"], "seed": seed}
 
 
 def gold_outputs(doc: dict, entity_types: list[str]) -> dict[str, str]:

@@ -1,0 +1,159 @@
+"""The protocol every paper follows, in one place: a plan of runs, hyperparameters chosen on dev, the
+chosen point re-run with every seed, and effects whose CIs include seed and item variance.
+
+    grid = engine.grid_plan({"lora": [1e-4, 4e-4], "loraplus": [1e-4, 4e-4]}, seeds=[0])
+    dev = <train and score every grid row on the dev split>            # a column ``dev_score`` per row
+    chosen = engine.select_on_dev(dev)                                 # one lr per method, from dev only
+    final = engine.final_plan(chosen, seeds=[0, 1, 2])                 # re-run on test with every seed
+    ev = engine.paired_effect(scores_a, scores_b, tuned_on_dev=True)   # verdicts.Evidence for a claim
+
+A plan is a DataFrame, one row per run; ``distinct_runs`` drops rows that would train the same thing
+twice (training itself is cached by content in ``train.train_sft``). Scores are arrays of shape
+(seeds, items) for per-item scores, or (seeds, items, 3) of (tp, fp, fn) counts for micro-F1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ie_helpers.errors import IEError
+from ie_helpers.verdicts import Evidence
+
+STATS = ("mean", "micro_f1")
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def grid_plan(lrs: Mapping[str, Sequence[float]], *, seeds: Sequence[int], **fixed) -> pd.DataFrame:
+    """The dev grid: every method × learning rate × seed, with the ``fixed`` columns (dataset, size ...)."""
+    if not lrs or any(not v for v in lrs.values()):
+        raise IEError("the dev grid needs at least one learning rate per method, e.g. {'lora': [1e-4, 4e-4]}")
+    if not seeds:
+        raise IEError("the dev grid needs at least one seed")
+    rows = [{"split": "dev", "method": m, "lr": float(lr), "seed": int(s), **fixed}
+            for m, grid in lrs.items() for lr in grid for s in seeds]
+    return pd.DataFrame(rows)
+
+
+def select_on_dev(dev: pd.DataFrame, *, score: str = "dev_score", by: Sequence[str] = ("method",),
+                  param: str = "lr", higher_is_better: bool = True) -> pd.DataFrame:
+    """One ``param`` value per group of ``by``: the best mean ``score`` over seeds, on dev rows only.
+
+    Ties go to the smaller value (the cheaper, more conservative step). The returned table has every grid
+    point with its mean, seed spread and a ``chosen`` flag, so a report can show the whole grid."""
+    if "split" in dev and (dev["split"] != "dev").any():
+        raise IEError("select_on_dev got rows that are not from the dev split: the test set never selects")
+    missing = [c for c in (score, param, *by) if c not in dev]
+    if missing:
+        raise IEError(f"select_on_dev needs columns {', '.join(missing)}")
+    if dev[score].isna().any():
+        raise IEError(f"{int(dev[score].isna().sum())} dev scores are missing: score every grid run first")
+    table = (dev.groupby([*by, param])[score].agg(["mean", "std", "count"]).reset_index()
+             .rename(columns={"mean": f"{score}_mean", "std": f"{score}_std", "count": "seeds"}))
+    sign = -1.0 if higher_is_better else 1.0
+    table = table.assign(_key=sign * table[f"{score}_mean"]).sort_values([*by, "_key", param])
+    table["chosen"] = ~table.duplicated(list(by), keep="first")
+    return table.drop(columns="_key").sort_values([*by, param]).reset_index(drop=True)
+
+
+def final_plan(selection: pd.DataFrame, *, seeds: Sequence[int], by: Sequence[str] = ("method",),
+               param: str = "lr", **fixed) -> pd.DataFrame:
+    """The test runs: each group's chosen ``param`` with every seed."""
+    chosen = selection[selection["chosen"]]
+    rows = [{"split": "test", **{c: r[c] for c in by}, param: r[param], "seed": int(s), **fixed}
+            for _, r in chosen.iterrows() for s in seeds]
+    return pd.DataFrame(rows)
+
+
+def distinct_runs(plan: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``plan`` that train something different (same ``key`` = same training run)."""
+    return plan.drop_duplicates(list(key)).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- seeds × items bootstrap
+
+
+def _as_scores(x, stat: str) -> np.ndarray:
+    if stat not in STATS:
+        raise IEError(f"unknown statistic '{stat}': use one of {', '.join(STATS)}")
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None]
+    want = 3 if stat == "micro_f1" else 2
+    if stat == "micro_f1" and (a.ndim != 3 or a.shape[-1] != 3):
+        raise IEError(f"micro_f1 needs (seeds, items, 3) tp/fp/fn counts, got shape {a.shape}")
+    if a.ndim != want:
+        raise IEError(f"scores must be (seeds, items) for the mean, got shape {a.shape}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise IEError("no seeds or no items to score")
+    return a
+
+
+def _stat(a: np.ndarray, stat: str) -> np.ndarray:
+    """The statistic over the items axis (1) of each seed: shape (seeds,)."""
+    if stat == "mean":
+        return a.mean(axis=1)
+    tp, fp, fn = a.sum(axis=1).T
+    p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    return 2 * p * r / np.where(p + r == 0, 1.0, p + r)  # seqeval's arithmetic (ner._micro_f1)
+
+
+def seed_item_bootstrap(scores, *, stat: str = "mean", n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(point, lo, hi)``: the statistic averaged over seeds, with a percentile CI from a two-stage
+    bootstrap that resamples seeds and, independently, test items (the same items for every seed)."""
+    return _bootstrap([_as_scores(scores, stat)], lambda s: s[0], stat, n_boot, seed, alpha)[:3]
+
+
+def paired_effect(a, b, *, stat: str = "mean", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                  tuned_on_dev: bool = False, stand_in: bool = True) -> Evidence:
+    """``a − b`` on the same test items as a ``verdicts.Evidence``: CI over seeds and items, and the effect
+    in each seed alone. Seeds are paired when both systems have the same number of seeds (seed s of each was
+    trained on the same sample); a system with one row (zero-shot, no training seed) is compared with each."""
+    a, b = _as_scores(a, stat), _as_scores(b, stat)
+    if a.shape[1:] != b.shape[1:]:
+        raise IEError(f"a and b are scored on different items ({a.shape[1]} vs {b.shape[1]}): pair them first")
+    point, lo, hi, seed_effects = _bootstrap([a, b], lambda s: s[0] - s[1], stat, n_boot, seed, alpha)
+    return Evidence(effect=point, lo=lo, hi=hi, seed_effects=tuple(seed_effects), tuned_on_dev=tuned_on_dev,
+                    stand_in=stand_in)
+
+
+def _bootstrap(arrays: list[np.ndarray], combine, stat: str, n_boot: int, seed: int, alpha: float):
+    if n_boot < 1:
+        raise IEError(f"n_boot={n_boot}; use a positive number of resamples (e.g. 1000)")
+    if not 0.0 < alpha < 1.0:
+        raise IEError(f"alpha={alpha}; use a value in (0, 1), e.g. 0.05 for a 95% interval")
+    n_items = arrays[0].shape[1]
+    paired_seeds = len({x.shape[0] for x in arrays}) == 1
+    per_seed = [_stat(x, stat) for x in arrays]
+    point = float(combine([s.mean() for s in per_seed]))
+    n_seeds = max(x.shape[0] for x in arrays)
+    seed_effects = [float(combine([s[k if len(s) > 1 else 0] for s in per_seed])) for k in range(n_seeds)]
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for i in range(n_boot):
+        items = rng.integers(0, n_items, n_items)
+        shared = rng.integers(0, arrays[0].shape[0], arrays[0].shape[0])
+        means = []
+        for x in arrays:
+            rows = shared if paired_seeds else rng.integers(0, x.shape[0], x.shape[0])
+            means.append(_stat(x[rows][:, items], stat).mean())
+        boots[i] = combine(means)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return point, float(min(lo, hi)), float(max(lo, hi)), seed_effects
+
+
+def counts_from_spans(gold: Sequence[Sequence], pred: Sequence[Sequence]) -> np.ndarray:
+    """(items, 3) tp/fp/fn counts of exact-match sets, for ``stat='micro_f1'``."""
+    if len(gold) != len(pred):
+        raise IEError(f"{len(pred)} predictions for {len(gold)} items; pass one per item")
+    out = np.zeros((len(gold), 3))
+    for k, (g, p) in enumerate(zip(gold, pred)):
+        g, p = set(map(tuple, g)), set(map(tuple, p))
+        out[k] = len(g & p), len(p - g), len(g - p)
+    return out
