@@ -430,3 +430,29 @@ def predict_tags(
             stacklevel=2,
         )
     return out  # type: ignore[return-value]
+
+
+def train_and_predict_cached(model_dir, train_tokens: Sequence[Sequence[str]], train_tags: Sequence[Sequence[str]],
+                             eval_tokens: Sequence[Sequence[str]], *, max_length: int = 128,
+                             **settings) -> tuple[list[list[str]], dict]:
+    """:func:`train_token_classifier` then :func:`predict_tags` on ``eval_tokens``, stored on disk under the
+    encoder's files, the training sentences, the settings and the evaluation sentences: a rerun retrains
+    nothing. Returns the predicted tags and the training info (its timings are the first run's)."""
+    from ie_helpers import generate, models
+
+    payload = {"encoder": models.resolve_model(str(model_dir)).fingerprint, "train_tokens": list(map(list, train_tokens)),
+               "train_tags": list(map(list, train_tags)), "eval_tokens": list(map(list, eval_tokens)),
+               "max_length": max_length, "settings": settings, "kind": "token-classifier"}
+
+    fresh = []
+
+    def compute():
+        fresh.append(True)
+        model, tokenizer, labels, info = train_token_classifier(model_dir, train_tokens, train_tags,
+                                                                max_length=max_length, **settings)
+        tags = predict_tags(model, tokenizer, eval_tokens, labels, max_length=max_length)
+        keep = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        return {"tags": tags, "info": keep}
+
+    out = generate.cached(payload, compute)
+    return out["tags"], {**out["info"], "cached": not fresh}

