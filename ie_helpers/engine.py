@@ -57,7 +57,19 @@ def select_on_dev(dev: pd.DataFrame, *, score: str = "dev_score", by: Sequence[s
     sign = -1.0 if higher_is_better else 1.0
     table = table.assign(_key=sign * table[f"{score}_mean"]).sort_values([*by, "_key", param])
     table["chosen"] = ~table.duplicated(list(by), keep="first")
+    lo, hi = (table.groupby(list(by))[param].transform(f) for f in ("min", "max"))
+    table["at_edge"] = table["chosen"] & (lo < hi) & ((table[param] == lo) | (table[param] == hi))
     return table.drop(columns="_key").sort_values([*by, param]).reset_index(drop=True)
+
+
+def tuning_complete(selection: pd.DataFrame, by: Sequence[str] = ("method",)) -> bool:
+    """Whether every group chose among at least two values and its choice is an interior point of its grid: a
+    single value chooses nothing, and a choice at the grid's edge says the best value may lie outside it; either
+    way the compared systems are not shown to be tuned (their comparison verdicts stay inconclusive)."""
+    if not len(selection):
+        return False
+    sizes = selection.groupby(list(by)).size()
+    return bool((sizes >= 2).all()) and not selection.loc[selection["chosen"], "at_edge"].any()
 
 
 def final_plan(selection: pd.DataFrame, *, seeds: Sequence[int], by: Sequence[str] = ("method",),

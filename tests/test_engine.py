@@ -111,3 +111,17 @@ def test_bad_inputs_are_one_line_errors():
         engine.seed_item_bootstrap([[1.0, 2.0]], stat="micro_f1")
     with pytest.raises(IEError, match="n_boot"):
         engine.seed_item_bootstrap([[1.0]], n_boot=0)
+
+
+def test_a_choice_at_the_edge_of_its_grid_is_flagged():
+    dev = _dev({("lora", 1e-4): [0.5, 0.6], ("lora", 4e-4): [0.7, 0.3],        # lora: 1e-4 wins, lower edge
+                ("loraplus", 1e-4): [0.4, 0.4], ("loraplus", 4e-4): [0.45, 0.47]})
+    sel = engine.select_on_dev(dev)
+    assert sel[sel.chosen].set_index("method")["at_edge"].to_dict() == {"lora": True, "loraplus": True}
+    assert not engine.tuning_complete(sel)
+    three = engine.grid_plan({"lora": [1e-4, 4e-4, 1e-3]}, seeds=[0])
+    three["dev_score"] = [0.2, 0.5, 0.3]
+    sel3 = engine.select_on_dev(three)
+    assert sel3[sel3.chosen]["lr"].tolist() == [4e-4] and engine.tuning_complete(sel3)
+    one = engine.grid_plan({"lora": [4e-4]}, seeds=[0]).assign(dev_score=0.5)
+    assert not engine.tuning_complete(engine.select_on_dev(one))  # a single value chooses nothing

@@ -634,3 +634,45 @@ def test_predictions_are_cached_by_weights_run_prompts_and_decoding(monkeypatch)
     nerexp.predict_entities_cached("tiny-random-llama", None, [S1, S2], ["PER", "LOC"], **{**kw, "max_new_tokens": 5})
     nerexp.predict_entities_cached("tiny-random-llama", None, [S2, S1], ["PER", "LOC"], **kw)
     assert len(calls) == 3  # a decoding setting or the prompts changed: generated again
+
+
+# --------------------------------------------------------------------------- the protocol in FinNER
+
+
+def test_finner_grid_covers_lora_and_the_encoder_methods_run():
+    grid = finner.tuning_plan({"seeds": [0], "lrs": {"lora": [1e-4, 3e-4], "encoder_lora": [5e-4],
+                                                     "encoder_full": [5e-5]}}, ["full"], 250)
+    assert sorted(set(grid.method)) == ["encoder_full", "lora"] and (grid.split == "dev").all()
+    assert set(grid.train_size) == {250}
+    with pytest.raises(IEError, match="unknown method"):
+        finner.tuning_plan({"seeds": [0], "lrs": {"bert": [1e-4]}}, ["full"], 250)
+
+
+def _finner_evidence(lora_keep, base_keep, n_seeds=3):
+    sents = [S1, S2] * 30
+    gold = [ner.io_to_bio(s["tags"]) for s in sents]
+    rng = np.random.default_rng(5)
+    scores = {}
+    for k in range(n_seeds):
+        scores[f"LoRA seed={k}"] = _tag_score([[t if rng.random() < lora_keep else "O" for t in g] for g in gold], gold)
+    scores["few-shot k=3 m"] = _tag_score([[t if rng.random() < base_keep else "O" for t in g] for g in gold], gold)
+    return finner.evidence(scores, sents, [f"LoRA seed={k}" for k in range(n_seeds)], {"m": "few-shot k=3 m"},
+                           tuned_on_dev=True, n_boot=300)
+
+
+@pytest.mark.parametrize("lora_keep, base_keep, expected", [(0.9, 0.3, "direction only"),
+                                                            (0.3, 0.9, "not replicated")])
+def test_f2_is_decided_on_seed_and_item_evidence(lora_keep, base_keep, expected):
+    ev, table = _finner_evidence(lora_keep, base_keep)
+    assert len(table) == 1 and table.seeds.iloc[0] == 3
+    claims = {c.claim_id: c for c in finner.finner_claims(
+        systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"), final_system="LoRA seed=0",
+        llm_baselines=LLM, paper_baselines=PAPER_BASELINES, model="smollm2-135m-instruct", data_label="fin-sec",
+        seed_f1=[0.7] * 3, tuned_on_dev=True, evidence=ev)}
+    assert claims["F2"].verdict == expected and "CIs over seeds and test sentences" in claims["F2"].note
+    one_seed, _ = _finner_evidence(lora_keep, base_keep, n_seeds=1)
+    thin = {c.claim_id: c for c in finner.finner_claims(
+        systems=_systems(FIN), comparisons=_comparisons(FIN, "LoRA seed=0"), final_system="LoRA seed=0",
+        llm_baselines=LLM, paper_baselines=PAPER_BASELINES, model="smollm2-135m-instruct", data_label="fin-sec",
+        seed_f1=[0.7], tuned_on_dev=True, evidence=one_seed)}
+    assert thin["F2"].verdict == "inconclusive"

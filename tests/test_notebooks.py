@@ -107,6 +107,7 @@ TINY_PAPER_OVERRIDES = {
     "finner": {"model": "tiny-random-llama", "baselines": [], "encoder": "all-minilm-l6-v2", "train_size": 8,
                "eval_size": 6, "seeds": [0], "max_new_tokens": 12, "n_boot": 50,
                "encoder_training": {"epochs": 1, "batch_size": 4},
+               "lr_grid": {"dev_size": 3, "lrs": {"lora": [5e-5], "encoder_full": [5e-5]}},
                "training": {"epochs": 1, "batch_size": 4, "grad_accum": 1, "lora": {"r": 4, "alpha": 8}}},
     "loraplus": {"model": "tiny-random-llama", "train_size": 8, "eval_size": 4, "dev_size": 3,
                  "datasets": {"general": {"seeds": [0]}, "biomedical": {"seeds": [0]}},
