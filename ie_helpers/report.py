@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+import numpy as np
 import pandas as pd
 from IPython.display import HTML
 
@@ -214,9 +215,30 @@ def _deviation_cell_style(value: Any) -> str:
     return _DEVIATION_STYLE if str(value) == "True" else ""
 
 
+def format_number(x) -> str:
+    """A number as a reader wants it: scores to 3 decimals, small values (p-values, learning rates) to 2
+    significant digits, large ones to 1 decimal, integers as integers, missing as an em dash."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return html.escape(str(x))
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if x != x:
+        return "—"
+    if x == int(x) and abs(x) >= 1:
+        return str(int(x))
+    if abs(x) >= 100:
+        return f"{x:.1f}"
+    if x == 0 or abs(x) >= 0.01:
+        return f"{x:.3f}"
+    return f"{x:.2g}"
+
+
 def show_table(df: pd.DataFrame, caption: str | None = None) -> HTML:
-    """Table as HTML for ``display()``, with verdict cells coloured and deviations highlighted."""
-    styler = df.style.hide(axis="index").format(escape="html").set_table_styles(_TABLE_STYLES)
+    """Table as HTML for ``display()``, with verdict cells coloured, deviations highlighted and numbers printed
+    to their precision (``format_number``)."""
+    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    styler = (df.style.hide(axis="index").format(escape="html").format(format_number, subset=numeric)
+              .set_table_styles(_TABLE_STYLES))
     verdict_columns = [col for col in df.columns if "verdict" in str(col).lower()]
     if verdict_columns:
         styler = styler.map(_verdict_cell_style, subset=verdict_columns)

@@ -262,3 +262,12 @@ def test_build_index_lists_reports_with_verdict_counts(tmp_path):
 def test_build_index_with_no_reports(tmp_path):
     index = build_index(tmp_path / "reports").read_text()
     assert "No reports yet" in index
+
+
+def test_tables_print_numbers_to_their_precision():
+    from ie_helpers.report import format_number, show_table
+
+    assert [format_number(x) for x in (0.2990001, 2.4e-4, 942.61, 3.0, 0.0, float("nan"), np.int64(7))] == [
+        "0.299", "0.00024", "942.6", "3", "0.000", "—", "7"]
+    page = show_table(pd.DataFrame({"f1": [0.256, np.nan], "name": ["<a>", "b"], "n": [1, 2]})).data
+    assert "0.256<" in page and "0.256000" not in page and "nan" not in page and "&lt;a&gt;" in page
