@@ -114,6 +114,12 @@ class Claim:
             raise IEError(f"Claim {self.claim_id!r} has unknown verdict {self.verdict!r}: use one of {allowed}.")
 
 
+def synthetic_data_claims(ids_and_paper: list[tuple[str, str]]) -> list[Claim]:
+    """Every claim ``not testable``: the run used synthetic template data, not a real corpus."""
+    return [Claim(cid, paper, "n/a", "not testable", "this run used synthetic template data, not a real corpus")
+            for cid, paper in ids_and_paper]
+
+
 def claims_frame(claims: Iterable[Claim]) -> pd.DataFrame:
     """Claims as a table with exactly the columns of ``CLAIM_COLUMNS``."""
     return pd.DataFrame([asdict(claim) for claim in claims], columns=list(CLAIM_COLUMNS))

@@ -107,6 +107,22 @@ def comparison(ev: Evidence, *, decision: float = 0.0, claimed: str = "above", m
     return raw
 
 
+def all_of(parts: Sequence[Verdict]) -> str:
+    """The verdict of a claim that holds only if each of its comparisons does (``a > b > c``): not replicated if
+    any part is, replicated if every part is, direction only if every part is on the claimed side, else
+    inconclusive (``not testable`` only when every part is)."""
+    found = {p.verdict for p in parts}
+    if not found or found == {NOT_TESTABLE}:
+        return NOT_TESTABLE
+    if NOT_REPLICATED in found:
+        return NOT_REPLICATED
+    if found == {REPLICATED}:
+        return REPLICATED
+    if found <= {DIRECTION_ONLY, REPLICATED}:
+        return DIRECTION_ONLY
+    return INCONCLUSIVE
+
+
 def _on_claimed_side(ev: Evidence, magnitude: float | None, ci: str) -> Verdict:
     if ev.stand_in:
         return Verdict(DIRECTION_ONLY, f"{ci}: on the claimed side; stand-in models or data, so the paper's "

@@ -147,3 +147,14 @@ def test_finner_and_loraplus_go_through_the_policy():
                                     low_resource_sizes=[100], snapshot_every=5, tuned_on_dev=True)
     by_id = {c.claim_id: c for c in claims}
     assert by_id["L1"].verdict == INCONCLUSIVE and "2 seed(s) < 3" in by_id["L1"].note
+
+
+def test_a_claim_of_several_comparisons_holds_only_if_each_does():
+    from ie_helpers.verdicts import Verdict, all_of
+
+    v = lambda *names: [Verdict(n, "") for n in names]  # noqa: E731
+    assert all_of(v(REPLICATED, REPLICATED)) == REPLICATED
+    assert all_of(v(REPLICATED, DIRECTION_ONLY)) == DIRECTION_ONLY
+    assert all_of(v(DIRECTION_ONLY, INCONCLUSIVE)) == INCONCLUSIVE
+    assert all_of(v(DIRECTION_ONLY, NOT_REPLICATED, INCONCLUSIVE)) == NOT_REPLICATED
+    assert all_of(v(NOT_TESTABLE, NOT_TESTABLE)) == NOT_TESTABLE and all_of([]) == NOT_TESTABLE

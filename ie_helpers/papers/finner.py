@@ -12,6 +12,7 @@ import pandas as pd
 
 from ie_helpers import engine, nerexp, verdicts
 from ie_helpers.errors import IEError
+from ie_helpers.report import synthetic_data_claims
 from ie_helpers.verdicts import NOT_TESTABLE
 
 MIN_F1 = 0.01  # below this on every system compared, nothing was learned: a claim is not testable
@@ -22,13 +23,6 @@ FINNER_PAPER_MODELS = ("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-L
 
 def _fmt(x: float) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _synthetic_claims(ids_and_paper: list[tuple[str, str]]) -> list:
-    from ie_helpers.report import Claim
-
-    return [Claim(cid, paper, "n/a", NOT_TESTABLE,
-                  "this run used synthetic template data, not a real corpus") for cid, paper in ids_and_paper]
 
 
 F_CLAIMS = [("F1", "micro-F1 0.894 (Llama-3-8B + LoRA)"),
@@ -81,7 +75,7 @@ def finner_claims(*, systems: pd.DataFrame, comparisons: pd.DataFrame, final_sys
     sentences against every baseline (its prompting chosen on dev), not by one seed's paired test.
     """
     if synthetic:
-        return _synthetic_claims(F_CLAIMS)
+        return synthetic_data_claims(F_CLAIMS)
     claims = finner_claim_rules(systems=systems, comparisons=comparisons, final_system=final_system,
                                 llm_baselines=llm_baselines, paper_baselines=paper_baselines, model=model,
                                 data_label=data_label, seed_f1=seed_f1, paper_data=paper_data, evidence=evidence)
@@ -126,13 +120,7 @@ def finner_claim_rules(*, systems, comparisons, final_system, llm_baselines, pap
                                 "neither the fine-tuned model nor any baseline found entities at this profile"))
         else:
             parts = {b: verdicts.comparison(ev, claimed="above") for b, ev in evidence.items()}
-            found = {v.verdict for v in parts.values()}
-            if verdicts.NOT_REPLICATED in found:
-                v2 = verdicts.NOT_REPLICATED
-            elif found <= {verdicts.DIRECTION_ONLY, verdicts.REPLICATED}:
-                v2 = verdicts.DIRECTION_ONLY
-            else:
-                v2 = verdicts.INCONCLUSIVE
+            v2 = verdicts.all_of(list(parts.values()))
             measured = "; ".join(f"vs {b}: {100 * ev.effect:+.1f} pts [{100 * ev.lo:+.1f}, {100 * ev.hi:+.1f}]"
                                  for b, ev in evidence.items())
             paper_ran = [b for b in evidence if b in paper_baselines]

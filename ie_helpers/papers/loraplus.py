@@ -12,6 +12,7 @@ import pandas as pd
 
 from ie_helpers import engine, ner, nerexp, verdicts
 from ie_helpers.errors import IEError
+from ie_helpers.report import synthetic_data_claims
 from ie_helpers.verdicts import NOT_TESTABLE
 
 MIN_F1 = 0.01  # below this on every system compared, nothing was learned: a claim is not testable
@@ -193,17 +194,6 @@ def peak_ratios(peaks: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- claims
 
-def _fmt(x: float) -> str:
-    return "n/a" if x is None or x != x else f"{x:.3f}"
-
-
-def _synthetic_claims(ids_and_paper: list[tuple[str, str]]) -> list:
-    from ie_helpers.report import Claim
-
-    return [Claim(cid, paper, "n/a", NOT_TESTABLE,
-                  "this run used synthetic template data, not a real corpus") for cid, paper in ids_and_paper]
-
-
 L_CLAIMS = [("L1", "CoNLL-2003 F1: LoRA+ 92.4 > specialised NER 91.8 > LoRA 91.1"),
             ("L2", "biomedical F1: LoRA+ 85.2 > BioBERT 83.5 > LoRA 82.7"),
             ("L3", "LoRA+ peaks in 60% of LoRA's steps"),
@@ -231,7 +221,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
     learning rates were chosen on dev (full fine-tuning's never is, so L4 is held to it separately).
     """
     if synthetic:
-        return _synthetic_claims(L_CLAIMS)
+        return synthetic_data_claims(L_CLAIMS)
     claims = loraplus_claim_rules(results=results, comparisons=comparisons, peaks=peaks, data_labels=data_labels,
                                   encoder_labels=encoder_labels, model=model, model_params=model_params,
                                   low_resource_sizes=low_resource_sizes, snapshot_every=snapshot_every,
@@ -290,13 +280,7 @@ def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_la
         if evidence and role in evidence and {"lora", "encoder"} <= set(evidence[role]):
             parts = {other: verdicts.comparison(evidence[role][other], claimed="above")
                      for other in ("lora", "encoder")}
-            found = {p.verdict for p in parts.values()}
-            if verdicts.NOT_REPLICATED in found:
-                verdict = verdicts.NOT_REPLICATED
-            elif found <= {verdicts.DIRECTION_ONLY, verdicts.REPLICATED}:
-                verdict = verdicts.DIRECTION_ONLY
-            else:
-                verdict = verdicts.INCONCLUSIVE
+            verdict = verdicts.all_of(list(parts.values()))
             note = (f"{stand}. LoRA+ − LoRA: {parts['lora'].reason}. LoRA+ − encoder: {parts['encoder'].reason}. "
                     "(micro-F1 with hallucinated mentions as false positives; CIs over seeds and test sentences, "
                     "Bonferroni-adjusted for the claim's two comparisons)")
