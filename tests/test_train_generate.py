@@ -241,7 +241,7 @@ def test_full_attention_models_do_not_count_as_sliding():
     assert uses_sliding_window(model(sliding_window=4096))  # Mistral: every layer windowed
 
 
-@pytest.mark.parametrize("paper", ["etlch", "finner"])
+@pytest.mark.parametrize("paper", ["etlch", "finner", "loraplus"])
 def test_launch_trains_one_run_of_a_paper_recipe(paper, tmp_path):
     import json as _json
     import subprocess
@@ -266,4 +266,4 @@ def test_launch_names_the_papers_it_knows():
 
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", "nope"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "use one of etlch, finner" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "use one of etlch, finner, loraplus" in proc.stderr and "Traceback" not in proc.stderr

@@ -14,10 +14,10 @@ import sys
 
 from ie_helpers import config
 from ie_helpers.errors import IEError
-from ie_helpers.papers import etlch, finner
+from ie_helpers.papers import etlch, finner, loraplus
 from ie_helpers.train import train_sft
 
-LAUNCHABLE = {"etlch": etlch, "finner": finner}
+LAUNCHABLE = {"etlch": etlch, "finner": finner, "loraplus": loraplus}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="training size (default: the recipe's largest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--role", help="loraplus: the dataset role (default: the dev grid's)")
+    parser.add_argument("--method", help="loraplus: lora, loraplus (default) or full")
+    parser.add_argument("--lr", type=float, help="the base learning rate chosen on dev (default: the recipe's)")
     args = parser.parse_args(argv)
     try:
         if args.paper not in LAUNCHABLE:
             raise IEError(f"no launchable training run for paper '{args.paper}': use one of {', '.join(LAUNCHABLE)}")
         cfg = config.load_config(args.paper, args.profile)
-        records, model, settings = LAUNCHABLE[args.paper].launch_records(cfg, args.size, args.seed)
+        row = {k: v for k, v in (("role", args.role), ("method", args.method), ("lr", args.lr)) if v is not None}
+        if row and args.paper != "loraplus":
+            raise IEError(f"--role/--method/--lr select a LoRA+ plan row; the {args.paper} run takes --size and --seed")
+        records, model, settings = LAUNCHABLE[args.paper].launch_records(cfg, args.size, args.seed, **row)
         result = train_sft(model, records, settings, use_cache=not args.no_cache)
     except IEError as e:
         print(f"ERROR: {e}", file=sys.stderr)

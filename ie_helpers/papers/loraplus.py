@@ -347,3 +347,30 @@ def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_la
                 + (f"; sizes {missing} not run" if missing else ""))
         claims.append(Claim("L4", L_CLAIMS[3][1], "; ".join(parts), v4, note))
     return claims
+
+
+def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None = None, method: str = "loraplus",
+                   lr: float | None = None) -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one plan row (a role, a method, a base learning rate), built from the
+    same training pool as the notebook, so the run lands in the cache entry the notebook reads."""
+    from transformers import AutoTokenizer
+
+    from ie_helpers import data, models
+
+    role = role or cfg["lr_grid"]["role"]
+    if role not in cfg["datasets"]:
+        raise IEError(f"role '{role}' is not in datasets ({', '.join(cfg['datasets'])})")
+    if method not in ("lora", "loraplus", "full"):
+        raise IEError(f"method '{method}' cannot be launched: use lora, loraplus or full")
+    ds = nerexp.load_ner_data(cfg["datasets"][role]["name"], need_dev=True, allow_synthetic=cfg["allow_synthetic"])
+    types = nerexp.entity_types(ds["train"])
+    tok = AutoTokenizer.from_pretrained(models.resolve_model(cfg["model"]).path)
+    train_ok, _ = nerexp.filter_by_length(ds["train"], types, tok, cfg["training"]["max_length"], cfg["label_names"],
+                                          cfg["instruction"])
+    n = size or (len(train_ok) if cfg["train_size"] is None else cfg["train_size"])
+    sents = data.nested_sample(train_ok, n, seed=seed, what=f"{role} training sentences")
+    ratio = cfg["loraplus_ratio"] if method == "loraplus" else 1.0
+    settings = run_settings(cfg["training"], method, ratio, full_lr=cfg["low_resource"]["full_lr"],
+                            snapshots=role in cfg["curve_roles"], lr=lr)
+    return (nerexp.ner_records(sents, types, cfg["label_names"], cfg["instruction"]), cfg["model"],
+            {**settings, "seed": seed})
