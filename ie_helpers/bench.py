@@ -25,13 +25,9 @@ Writes ``<out>/bench.json``, ``<out>/speedups.png`` and ``<out>/summary.html`` (
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
-import html
 import math
 import os
-import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -39,6 +35,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ie_helpers.bench_report import _print_summary, speedup_figure, summary_html
+from ie_helpers.machine import PeakMemory, device_info, flops_model, measured_matmul_flops, model_dims, peak_flops
 from ie_helpers.models import REPO_ROOT
 
 BATCH_SIZE = 8
@@ -48,8 +46,6 @@ QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_to
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
 
-# Peak dense matrix FLOP/s per GPU (bf16, no sparsity), from the vendors' data sheets.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
                  "baseline_gen_tokens_per_s", "gen_speedup", "greedy_match_rate", "fraction_of_peak",
@@ -59,169 +55,6 @@ REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_spe
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def _rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class PeakMemory:
-    """Peak resident memory (sampled every 20 ms) and peak CUDA allocation while the block runs, in GB.
-
-    ``ru_maxrss`` only ever grows within a process, so it cannot give each path of one bench run its own
-    peak; sampling VmRSS can (a peak shorter than the interval may be missed)."""
-
-    def __init__(self, interval_s: float = 0.02):
-        self.interval_s = interval_s
-        self.peak_rss_gb = float("nan")
-        self.cuda_peak_gb = None
-
-    def __enter__(self):
-        import threading
-
-        import torch
-
-        self._cuda = torch.cuda.is_available()
-        if self._cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self._peak = _rss_bytes()
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(self.interval_s):
-                self._peak = max(self._peak, _rss_bytes())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss_gb = max(self._peak, _rss_bytes()) / 1e9
-        if self._cuda:
-            torch.cuda.synchronize()
-            self.cuda_peak_gb = torch.cuda.max_memory_allocated() / 1e9
-        return False
-
-    def as_dict(self) -> dict:
-        return {"peak_rss_gb": self.peak_rss_gb, "cuda_peak_gb": self.cuda_peak_gb}
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_name() -> str:
-    m = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), re.M)
-    return m.group(1).strip() if m else (platform.processor() or platform.machine() or "cpu")
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_ghz() -> tuple[float, str]:
-    """Core clock: cpufreq's max where exposed, else /proc/cpuinfo's current MHz."""
-    try:
-        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
-        return khz / 1e6, "cpufreq cpuinfo_max_freq"
-    except (OSError, ValueError):
-        pass
-    m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", _cpuinfo(), re.M)
-    if m:
-        return float(m.group(1)) / 1e3, "/proc/cpuinfo cpu MHz"
-    return 2.5, "unknown clock: assumed 2.5 GHz"
-
-
-def cpu_flops_per_cycle(precision: str) -> tuple[int, str]:
-    """Dense FLOPs per cycle per core for the precision the training ran in (one vector unit assumed)."""
-    flags = set(re.findall(r"[\w.]+", " ".join(re.findall(r"^flags\s*:(.*)$", _cpuinfo(), re.M)[:1])))
-    if precision == "bf16":
-        if "amx_bf16" in flags:
-            return 1024, "AMX-BF16 tile multiply: 1024 bf16 FLOPs/cycle/core"
-        if "avx512_bf16" in flags:
-            return 64, "AVX512-BF16 VDPBF16PS: 32 bf16 pairs → 64 FLOPs/cycle/core (one 512-bit op per cycle)"
-    if "avx512f" in flags:
-        return 32, "AVX-512 fp32 FMA: 16 lanes × 2 FLOPs, one 512-bit FMA per cycle"
-    if "avx2" in flags and "fma" in flags:
-        return 32, "AVX2 fp32 FMA: 8 lanes × 2 FLOPs × 2 FMA units"
-    return 8, "no AVX2/AVX-512 flags found: assumed 8 fp32 FLOPs/cycle/core"
-
-
-def peak_flops(precision: str, override_gflops: float | None = None) -> dict:
-    """Peak dense FLOP/s of the machine for ``precision``, with how it was estimated."""
-    import torch
-
-    if override_gflops:
-        return {"peak_flops": override_gflops * 1e9, "source": "--peak-gflops override",
-                "assumption": f"given on the command line: {override_gflops:g} GFLOP/s"}
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        for key, peak in GPU_PEAK_BF16.items():
-            if key.lower() in name.lower():
-                scale = 1.0 if precision == "bf16" else 0.5  # tf32 tensor-core peak is half the bf16 one
-                return {"peak_flops": peak * scale, "source": f"data-sheet table ({key})",
-                        "assumption": f"{name}: {peak / 1e12:g} TFLOP/s dense bf16"
-                                      + ("" if precision == "bf16" else ", halved for tf32/fp32")}
-        return {"peak_flops": float("nan"), "source": "unknown GPU",
-                "assumption": f"{name} is not in the peak table: pass --peak-gflops"}
-    cores = cpu_cores()
-    ghz, clock_source = cpu_ghz()
-    per_cycle, unit = cpu_flops_per_cycle(precision)
-    peak = cores * ghz * 1e9 * per_cycle
-    return {"peak_flops": peak, "source": "cores × clock × FLOPs/cycle/core",
-            "assumption": (f"{cores} cores × {ghz:.3f} GHz ({clock_source}) × {per_cycle} FLOPs/cycle ({unit}) "
-                           f"= {peak / 1e9:.0f} GFLOP/s; the issue estimated ~333 GFLOP/s bf16 for the 2-core "
-                           "EPYC CI box (2 × 2.6 GHz × 64). Turbo/AVX clocks and memory bandwidth are ignored.")}
-
-
-def measured_matmul_flops(precision: str, size: int = 2048, repeats: int = 8) -> float:
-    """Best FLOP/s of a square matmul in ``precision``: what this machine's BLAS actually reaches."""
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    best = math.inf
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def device_info() -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {"device": torch.cuda.get_device_name(0), "device_type": "cuda",
-                "torch_threads": torch.get_num_threads()}
-    return {"device": cpu_name(), "device_type": "cpu", "cpu_cores": cpu_cores(),
-            "torch_threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- data
@@ -274,64 +107,6 @@ def token_stats(tokenizer, records: list[dict]) -> dict:
     n = max(len(records), 1)
     return {"tokens": total, "completion_tokens": completion, "mean_record_tokens": total / n,
             "completion_fraction": completion / total if total else float("nan")}
-
-
-# --------------------------------------------------------------------------- FLOPs
-
-
-def model_dims(model_path: str, lora_r: int) -> dict:
-    """N_base (non-embedding weights), N_lora (all-linear adapters), d, V, layers — from a meta-device copy."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    embed = model.get_input_embeddings()
-    head = model.get_output_embeddings()
-    d, vocab = embed.weight.shape[1], embed.weight.shape[0]
-    seen, total = set(), 0
-    for p in model.parameters():  # tied weights count once
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    head_separate = head is not None and head.weight is not embed.weight
-    n_base = total - embed.weight.numel() - (head.weight.numel() if head_separate else 0)
-    n_lora = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:  # peft's all-linear skips the output layer
-            n_lora += lora_r * (module.in_features + module.out_features)
-    return {"n_base": int(n_base), "n_lora": int(n_lora), "d": int(d), "vocab": int(vocab),
-            "layers": int(getattr(config, "num_hidden_layers", 0)), "tied_head": not head_separate}
-
-
-def flops_model(dims: dict, completion_fraction: float, mean_tokens: float = 0.0) -> dict:
-    """Model FLOPs per non-padding training token, fast path and baseline.
-
-    4·N_base (forward 2N + backward activation grads 2N; frozen weights get no weight grads)
-    + 6·N_lora (forward, activation grads, weight grads)
-    + head: 2·d·V forward + 2·d·V backward (activation grad only: the head is frozen/tied to the frozen
-      embedding), on completion tokens for the fast path and on every token for the baseline.
-    Attention score/value products (~12·L·s·d per token) and gradient-checkpointing recompute are not counted.
-    """
-    n_base, n_lora, d, v = dims["n_base"], dims["n_lora"], dims["d"], dims["vocab"]
-    head = 4 * d * v
-    body = 4 * n_base + 6 * n_lora
-    fast = body + head * completion_fraction
-    # causal attention: QK^T and AV, ~2·2·(s/2)·d forward per token per layer, ×3 with the backward
-    attention = 6 * dims["layers"] * mean_tokens * d
-    return {
-        "formula": "4*N_base + 6*N_lora + 4*d*V*f_head  (f_head = completion-token share on the fast path, "
-                   "1 on the baseline; head backward = activation grad only since the head is frozen)",
-        "flops_per_token": fast,
-        "baseline_flops_per_token": body + head,
-        "head_flops_per_head_token": head,
-        "completion_fraction": completion_fraction,
-        "not_counted": "attention QK^T/AV products, gradient-checkpointing recompute, padding positions",
-        "attention_flops_per_token_not_counted": attention,
-        "attention_share_not_counted": attention / (fast + attention) if fast + attention else float("nan"),
-        **{k: dims[k] for k in ("n_base", "n_lora", "d", "vocab", "layers")},
-    }
 
 
 # --------------------------------------------------------------------------- training
@@ -399,8 +174,6 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
 
 
 def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer) -> dict:
-    import torch
-
     from ie_helpers.train import TrainSettings, resolve_precision, train_sft
 
     trl = trl_defaults()
@@ -525,94 +298,11 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
     return out
 
 
-# --------------------------------------------------------------------------- report
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "n/a"
-        if abs(v) >= 1e6 or (v and abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return html.escape(str(v))
-
-
-def speedup_figure(summary: dict):
-    import pandas as pd
-
-    from ie_helpers.plots import metric_bars
-
-    rows = [{"comparison": "training\n(project vs TRL defaults)", "speedup": summary["train_speedup"]},
-            {"comparison": "generation\n(batched vs unbatched)", "speedup": summary["gen_speedup"]}]
-    rows += [{"comparison": f"lever: {lv['lever']}", "speedup": lv["speedup_vs_baseline"]}
-             for lv in summary.get("levers", [])]
-    fig = metric_bars(pd.DataFrame(rows), x="comparison", y="speedup", lo=None, hi=None,
-                      title=f"Speedups on {summary['device']}")
-    ax = fig.axes[0]
-    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    for container in ax.containers:
-        ax.bar_label(container, fmt="%.2f×", fontsize="small")
-    ax.set_ylabel("speedup (×, tokens/s ratio)")
-    fig.set_size_inches(max(5.5, 1.4 * len(rows)), 3.8)
-    return fig
-
-
-def summary_html(summary: dict, png: bytes) -> str:
-    rows = [("device", summary["device"]), ("model", summary["model"]),
-            ("training precision (fast / baseline)", f"{summary['precision']} / {summary['baseline_precision']}"),
-            ("train tokens/s (fast path)", summary["train_tokens_per_s"]),
-            ("train tokens/s (plain TRL defaults)", summary["baseline_train_tokens_per_s"]),
-            ("train speedup", summary["train_speedup"]),
-            ("final loss (fast / baseline)", f"{_fmt(summary['final_loss_fast'], 5)} / "
-                                             f"{_fmt(summary['final_loss_baseline'], 5)}"),
-            ("mean loss over the epoch (fast / baseline)", f"{_fmt(summary['mean_loss_fast'], 5)} / "
-                                                           f"{_fmt(summary['mean_loss_baseline'], 5)}"),
-            ("loss curve max |diff| (step-aligned)", summary["loss_curve_max_abs_diff"]),
-            ("generation tokens/s (batched)", summary["gen_tokens_per_s"]),
-            ("generation tokens/s (unbatched)", summary["baseline_gen_tokens_per_s"]),
-            ("generation speedup", summary["gen_speedup"]),
-            (f"greedy match rate ({summary['greedy_match_dtype']})", summary["greedy_match_rate"])]
-    if summary.get("greedy_match_rate_fp32") is not None:
-        rows.append(("greedy match rate (fp32 check)", summary["greedy_match_rate_fp32"]))
-    rows += [("FLOPs per training token", summary["flops_per_token"]),
-             ("peak FLOP/s", summary["peak_flops"]),
-             ("fraction of peak (fast path)", summary["fraction_of_peak"])]
-    if "mfu" in summary:
-        rows.append(("MFU", summary["mfu"]))
-    rows.append(("wall time (s)", summary["wall_seconds"]))
-    body = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
-    lever_rows = "\n".join(
-        f"<tr><td>{html.escape(lv['lever'])}</td><td>{html.escape(lv['change'])}</td>"
-        f"<td>{_fmt(lv['tokens_per_s'])}</td><td>{_fmt(lv['speedup_vs_baseline'])}</td>"
-        f"<td>{_fmt(lv['final_loss'])}</td><td>{_fmt(lv['loss_curve_max_abs_diff_vs_baseline'])}</td></tr>"
-        for lv in summary.get("levers", []))
-    levers = ("<h2>Levers (each one change against the baseline)</h2><table><tr><th>lever</th><th>change</th>"
-              "<th>tokens/s</th><th>speedup</th><th>final loss</th><th>loss curve max |diff|</th></tr>"
-              f"{lever_rows}</table>") if lever_rows else ""
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in summary["notes"])
-    img = base64.b64encode(png).decode("ascii")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>ie_helpers benchmark</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}} table{{border-collapse:collapse}}
-th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f4f4f4}}</style></head>
-<body><h1>Training and generation benchmark</h1>
-<table>{body}</table>
-{levers}
-<h2>Speedups</h2><img alt="speedup bar chart" src="data:image/png;base64,{img}">
-<h2>Notes</h2><ul>{notes}</ul>
-<p>Full numbers, loss curves and settings: <code>bench.json</code>.</p>
-</body></html>
-"""
-
-
 # --------------------------------------------------------------------------- main
 
 
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-
     from ie_helpers.models import resolve_model
     from ie_helpers.plots import save_figure
     from ie_helpers.report import StageTimer, atomic_write_json, atomic_write_text, library_versions
@@ -781,33 +471,6 @@ def run(args: argparse.Namespace) -> dict:
         atomic_write_text(out_dir / "summary.html", summary_html(summary, buf.getvalue()))
     _print_summary(summary, out_dir)
     return summary
-
-
-def _print_summary(s: dict, out_dir: Path) -> None:
-    lines = [
-        f"device            {s['device']} ({s['torch_threads']} torch threads), model {s['model']}",
-        f"training          {s['train_tokens_per_s']:.0f} tok/s fast ({s['precision']}) vs "
-        f"{s['baseline_train_tokens_per_s']:.0f} tok/s TRL defaults ({s['baseline_precision']}): "
-        f"{s['train_speedup']:.2f}x",
-        f"losses            final {s['final_loss_fast']:.3f} vs {s['final_loss_baseline']:.3f}, "
-        f"epoch mean {s['mean_loss_fast']:.3f} vs {s['mean_loss_baseline']:.3f}, "
-        f"curve max |diff| {s['loss_curve_max_abs_diff']:.3f}",
-        f"generation        {s['gen_tokens_per_s']:.1f} tok/s batched vs {s['baseline_gen_tokens_per_s']:.1f} "
-        f"unbatched: {s['gen_speedup']:.2f}x; greedy match {s['greedy_match_rate']:.2f} ({s['greedy_match_dtype']})"
-        + (f", fp32 {s['greedy_match_rate_fp32']:.2f}" if s["greedy_match_rate_fp32"] is not None else ""),
-        f"FLOPs             {s['flops_per_token'] / 1e6:.1f} MFLOP/token, peak {s['peak_flops'] / 1e9:.0f} GFLOP/s, "
-        f"fraction of peak {s['fraction_of_peak']:.3f}" + (f", MFU {s['mfu']:.3f}" if "mfu" in s else "")
-        + f"; of the measured {s['precision']} matmul ({s['measured_matmul_flops'] / 1e9:.0f} GFLOP/s) "
-        f"{s['fraction_of_measured_matmul']:.3f}, of the spec figure ({s['spec_peak_flops'] / 1e9:.0f} GFLOP/s) "
-        f"{s['fraction_of_spec_peak']:.3f}",
-        "peak memory       " + ", ".join(f"{k} {v:.2f} GB RSS" for k, v in s["peak_rss_gb"].items())
-        + ("; CUDA " + ", ".join(f"{k} {v:.2f} GB" for k, v in s["cuda_peak_gb"].items()) if s.get("cuda_peak_gb") else ""),
-    ]
-    for lv in s["levers"]:
-        lines.append(f"lever             {lv['lever']}: {lv['speedup_vs_baseline']:.2f}x")
-    lines.append(f"wall time         {s['wall_seconds']:.0f} s; wrote {out_dir / 'bench.json'}, "
-                 f"{out_dir / 'summary.html'}")
-    print("\n".join(lines), flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

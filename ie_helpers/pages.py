@@ -178,7 +178,7 @@ def summary_html(report_dir: Path, title: str) -> str:
 
 def _machine(run: dict) -> str:
     device = run.get("device", {}) if isinstance(run.get("device"), dict) else {}
-    cpu = run.get("extra", {}).get("cpu_model") if isinstance(run.get("extra"), dict) else None
+    cpu = run.get("cpu") or (run.get("extra", {}).get("cpu_model") if isinstance(run.get("extra"), dict) else None)
     name = device.get("device_name", _MISSING)
     return f"{name} ({cpu})" if cpu and name == "cpu" else str(name)
 

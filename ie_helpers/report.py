@@ -28,6 +28,7 @@ import pandas as pd
 from IPython.display import HTML
 
 from ie_helpers.errors import IEError
+from ie_helpers.machine import cpu_name
 from ie_helpers.verdicts import VERDICTS  # the one verdict policy
 
 # ---------------------------------------------------------------------------
@@ -338,16 +339,6 @@ def peak_memory() -> dict[str, float | None]:
     return {"process_peak_rss_gb": round(rss_kb / 1e6, 3), "cuda_peak_allocated_gb": cuda_gb}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_run_json(
     path: str | os.PathLike,
     *,
@@ -374,7 +365,7 @@ def write_run_json(
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "device": torch_device_info(),
         "peak_memory": peak_memory(),
         "library_versions": library_versions(),
