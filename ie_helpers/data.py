@@ -17,7 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ie_helpers import formats
 from ie_helpers.errors import IEError
+from ie_helpers.formats import read_conll  # noqa: F401 - moved to formats; callers keep using data.read_conll
 from ie_helpers.models import REPO_ROOT, cache_dir
 
 MANIFEST_PATH = REPO_ROOT / "data" / "MANIFEST.tsv"
@@ -45,6 +47,11 @@ DATASETS: dict[str, dict] = {
     "citation-intent": {"format": "jsonl_classification", "splits": {
         "train": "citation-intent/train.jsonl", "dev": "citation-intent/dev.jsonl",
         "test": "citation-intent/test.jsonl"}},
+    # One zip holds every split; "parts" names each split's folder in it and which documents it takes:
+    # dev is 10% of the Train documents (seeded shuffle of their ids, formats.split_documents), train the rest.
+    "ddi": {"format": "brat_zip", "splits": dict.fromkeys(("train", "dev", "test"), "ddi/DDICorpus-2013-BRAT.zip"),
+            "parts": {"train": ("DDICorpusBrat/Train", "train"), "dev": ("DDICorpusBrat/Train", "dev"),
+                      "test": ("DDICorpusBrat/Test", "all")}},
 }
 
 
@@ -177,39 +184,6 @@ def read_unified_json(path: Path) -> list[dict]:
     return out
 
 
-def read_conll(path: Path) -> list[dict]:
-    """CoNLL-style token-per-line file (token first column, tag last), blank line between sentences.
-
-    IO tags (no B-) are converted to IOB2. ``-DOCSTART-`` lines are skipped.
-    """
-    from ie_helpers.ner import io_to_bio
-
-    sentences, tokens, tags = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                if tokens:
-                    sentences.append({"tokens": tokens, "tags": tags})
-                    tokens, tags = [], []
-                continue
-            if line.startswith("-DOCSTART-"):
-                continue
-            cols = line.split("\t") if "\t" in line else line.split(" ")
-            cols = [c.strip() for c in cols if c.strip()]
-            tag = cols[-1] if len(cols) >= 2 else ""
-            if len(cols) < 2 or not (tag == "O" or tag[:2] in {"B-", "I-"}):
-                raise IEError(f"{path}:{lineno}: malformed line {line[:60]!r}: expected 'token<TAB>tag' "
-                              "with a tag O, B-TYPE or I-TYPE")
-            tokens.append(cols[0])
-            tags.append(tag)
-    if tokens:
-        sentences.append({"tokens": tokens, "tags": tags})
-    for s in sentences:
-        s["tags"] = io_to_bio(s["tags"])
-    return sentences
-
-
 def read_jsonl_classification(path: Path) -> list[dict]:
     out = []
     with open(path, encoding="utf-8") as f:
@@ -335,6 +309,12 @@ def load_split(dataset: str, split: str, *, allow_synthetic: bool = False, allow
         items = SYNTHETIC[spec["format"]](synthetic_size, seed=seed)
         return items, Provenance(dataset, split, "synthetic", "(embedded templates)", "", "", len(items),
                                  [f"real data unavailable ({e}); using {len(items)} synthetic template sentences"])
+    if spec["format"] == "brat_zip":  # sentences of brat documents, unpacked once per zip version
+        folder, part = spec["parts"][split]
+        unpacked = cache_dir() / "data" / dataset / f"unpacked-{entry.sha256[:16]}"
+        items, counts = formats.load_brat_zip_split(path, unpacked, folder, part)
+        return items, Provenance(dataset, split, source, str(path), entry.sha256, entry.url, len(items),
+                                 [formats.conversion_note(f"{dataset} {split}", counts)])
     items = READERS[spec["format"]](path)
     return items, Provenance(dataset, split, source, str(path), entry.sha256, entry.url, len(items))
 

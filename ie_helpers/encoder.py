@@ -204,6 +204,9 @@ def train_token_classifier(
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.1,
     device: str | None = None,
+    precision: str = "fp32",
+    group_by_length: bool = False,
+    min_steps: int = 0,
 ):
     """Fine-tune ``model_dir`` for IOB2 token classification with a plain torch loop.
 
@@ -214,7 +217,10 @@ def train_token_classifier(
     Linear outside the head.  ``lr=None`` means 5e-4 for LoRA and 5e-5 for full.
     Training tags go through :func:`io_to_bio` first, so IO data is fine.  AdamW, linear
     warm-up (``warmup_ratio``) then linear decay, grad-norm clip 1.0, dynamic padding.
-    ``max_steps`` (optional) stops early.  Nothing is written unless ``output_dir``.
+    ``max_steps`` (optional) stops early; ``min_steps`` gives tiny training sets enough steps.  The fast path
+    (``precision="auto"``: bf16 autocast where the CPU or GPU has native bf16; ``group_by_length``: batches of
+    similar length, in shuffled order) is opt-in so cached runs of earlier reports keep their meaning.
+    Nothing is written unless ``output_dir``.
 
     Returns ``(model, tokenizer, label_list, info)``; ``info`` has ``train_seconds,
     n_trainable_params, n_total_params`` plus ``losses`` (per step), ``n_steps``,
@@ -297,7 +303,7 @@ def train_token_classifier(
     features, n_cut = tokenize_and_align(tokenizer, train_tokens, train_tags, label2id, max_length)
     collator = DataCollatorForTokenClassification(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     n_batches = math.ceil(len(features) / batch_size)
-    total_steps = math.ceil(n_batches * epochs)
+    total_steps = max(math.ceil(n_batches * epochs), int(min_steps))
     if max_steps is not None:
         total_steps = min(total_steps, int(max_steps))
     warmup = int(warmup_ratio * total_steps)
@@ -318,18 +324,20 @@ def train_token_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     gen = torch.Generator().manual_seed(seed)
 
+    autocast = _autocast(device, precision)
     losses: list[float] = []
     t0 = time.perf_counter()
     model.train()
     step = 0
     while step < total_steps:
-        order = torch.randperm(len(features), generator=gen).tolist()
-        for b in range(n_batches):
+        for idx in batch_order(len(features), batch_size, gen,
+                               [len(f["input_ids"]) for f in features] if group_by_length else None):
             if step >= total_steps:
                 break
-            batch = collator([features[i] for i in order[b * batch_size : (b + 1) * batch_size]])
+            batch = collator([features[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            with autocast:
+                loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -344,6 +352,7 @@ def train_token_classifier(
 
     n_trainable, n_total = _count_params(model)
     info.update(
+        precision=_precision_name(autocast),
         train_seconds=train_seconds,
         n_trainable_params=n_trainable,
         n_total_params=n_total,
@@ -364,6 +373,37 @@ def train_token_classifier(
     return model, tokenizer, labels, info
 
 
+def batch_order(n: int, batch_size: int, generator, lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """One epoch of index batches in random order. With ``lengths``, each batch holds items of similar length
+    (less padding): a random permutation is cut into windows of 50 batches, each window sorted by length (any
+    sort key works the same way, e.g. a topic id to put items of one topic together)."""
+    import torch
+
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is not None:
+        window = 50 * batch_size
+        order = [i for w in range(0, n, window) for i in sorted(order[w:w + window], key=lambda i: lengths[i])]
+    batches = [order[b:b + batch_size] for b in range(0, n, batch_size)]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def _autocast(device: str, precision: str):
+    """bf16 autocast for ``precision`` 'bf16' (or 'auto' where the hardware has bf16), else a no-op context."""
+    import torch
+
+    from ie_helpers.settings import resolve_precision
+
+    if resolve_precision(precision) != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def _precision_name(autocast) -> str:
+    return "fp32" if isinstance(autocast, contextlib.nullcontext) else "bf16 autocast"
+
+
 # ---------------------------------------------------------------- prediction
 def predict_tags(
     model,
@@ -372,6 +412,7 @@ def predict_tags(
     label_list: Sequence[str],
     batch_size: int = 64,
     max_length: int = 128,
+    precision: str = "fp32",
 ) -> list[list[str]]:
     """Word-level IOB2 tags: argmax at each word's first sub-token, then :func:`io_to_bio`.
 
@@ -395,7 +436,7 @@ def predict_tags(
     was_training = model.training
     model.eval()
     n_cut = n_cut_sent = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(str(device), precision):
         for b in range(0, len(todo), batch_size):
             idx = todo[b : b + batch_size]
             enc, word_ids, cut = _encode(tokenizer, [token_seqs[k] for k in idx], max_length, padding=True)
@@ -450,7 +491,8 @@ def train_and_predict_cached(model_dir, train_tokens: Sequence[Sequence[str]], t
         fresh.append(True)
         model, tokenizer, labels, info = train_token_classifier(model_dir, train_tokens, train_tags,
                                                                 max_length=max_length, **settings)
-        tags = predict_tags(model, tokenizer, eval_tokens, labels, max_length=max_length)
+        tags = predict_tags(model, tokenizer, eval_tokens, labels, max_length=max_length,
+                            precision=settings.get("precision", "fp32"))
         keep = {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool, type(None)))}
         return {"tags": tags, "info": keep}
 

@@ -22,7 +22,8 @@ import pandas as pd
 from ie_helpers.errors import IEError
 from ie_helpers.verdicts import Evidence
 
-STATS = ("mean", "micro_f1")
+STATS = ("mean", "micro_f1", "macro_f1")
+_LAST_AXIS = {"micro_f1": 3, "macro_f1": 2}  # (tp, fp, fn) counts; (gold, predicted) class ids
 
 
 # --------------------------------------------------------------------------- plans
@@ -95,9 +96,10 @@ def _as_scores(x, stat: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim == 1:
         a = a[None]
-    want = 3 if stat == "micro_f1" else 2
-    if stat == "micro_f1" and (a.ndim != 3 or a.shape[-1] != 3):
-        raise IEError(f"micro_f1 needs (seeds, items, 3) tp/fp/fn counts, got shape {a.shape}")
+    want = 3 if stat in _LAST_AXIS else 2
+    if stat in _LAST_AXIS and (a.ndim != 3 or a.shape[-1] != _LAST_AXIS[stat]):
+        what = "tp/fp/fn counts" if stat == "micro_f1" else "(gold, predicted) class ids"
+        raise IEError(f"{stat} needs (seeds, items, {_LAST_AXIS[stat]}) {what}, got shape {a.shape}")
     if a.ndim != want:
         raise IEError(f"scores must be (seeds, items) for the mean, got shape {a.shape}")
     if a.shape[0] == 0 or a.shape[1] == 0:
@@ -109,10 +111,22 @@ def _stat(a: np.ndarray, stat: str) -> np.ndarray:
     """The statistic over the items axis (1) of each seed: shape (seeds,)."""
     if stat == "mean":
         return a.mean(axis=1)
+    if stat == "macro_f1":
+        return np.array([_macro_f1(g, p) for g, p in zip(a[..., 0], a[..., 1])])
     tp, fp, fn = a.sum(axis=1).T
     p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
     r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
     return 2 * p * r / np.where(p + r == 0, 1.0, p + r)  # seqeval's arithmetic (ner._micro_f1)
+
+
+def _macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes that occur in gold or predictions (sklearn's default)."""
+    f1s = []
+    for c in np.union1d(gold, pred):
+        tp = np.sum((gold == c) & (pred == c))
+        denom = np.sum(gold == c) + np.sum(pred == c)
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(f1s)) if f1s else 0.0
 
 
 def seed_item_bootstrap(scores, *, stat: str = "mean", n_boot: int = 1000, seed: int = 0,
@@ -158,6 +172,44 @@ def _bootstrap(arrays: list[np.ndarray], combine, stat: str, n_boot: int, seed: 
         boots[i] = combine(means)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return point, float(min(lo, hi)), float(max(lo, hi)), seed_effects
+
+
+def task_average_effect(a_by_task: Sequence, b_by_task: Sequence | None = None, *, stat: str = "mean",
+                        n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, tuned_on_dev: bool = False,
+                        stand_in: bool = True) -> Evidence:
+    """The statistic averaged over tasks (each task weighs the same, as a paper's "average over tasks" does), or
+    the difference of two systems' averages when ``b_by_task`` is given, with a CI from one bootstrap that
+    resamples seeds (shared by every task: seed s of each task is one downstream run) and each task's items."""
+    a = [_as_scores(x, stat) for x in a_by_task]
+    b = None if b_by_task is None else [_as_scores(x, stat) for x in b_by_task]
+    if not a or (b is not None and len(b) != len(a)):
+        raise IEError("task_average_effect needs one score array per task for each system, the same tasks")
+    for k, x in enumerate(a):
+        if b is not None and x.shape[1:] != b[k].shape[1:]:
+            raise IEError(f"task {k}: the systems are scored on different items ({x.shape[1]} vs {b[k].shape[1]})")
+    n_seeds = {x.shape[0] for x in a + (b or [])}
+    if len(n_seeds) != 1:
+        raise IEError(f"every task and system needs the same seeds (got {sorted(n_seeds)} seed counts)")
+    n = n_seeds.pop()
+
+    def effect(seed_rows, item_rows) -> np.ndarray:  # per-seed effect, averaged over tasks
+        per_task = []
+        for k, x in enumerate(a):
+            value = _stat(x[seed_rows][:, item_rows[k]], stat)
+            if b is not None:
+                value = value - _stat(b[k][seed_rows][:, item_rows[k]], stat)
+            per_task.append(value)
+        return np.mean(per_task, axis=0)
+
+    full_items = [np.arange(x.shape[1]) for x in a]
+    seed_effects = effect(np.arange(n), full_items)
+    rng = np.random.default_rng(seed)
+    boots = np.array([effect(rng.integers(0, n, n), [rng.integers(0, x.shape[1], x.shape[1]) for x in a]).mean()
+                      for _ in range(max(1, n_boot))])
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return Evidence(effect=float(seed_effects.mean()), lo=float(min(lo, hi)), hi=float(max(lo, hi)),
+                    seed_effects=tuple(float(v) for v in seed_effects), tuned_on_dev=tuned_on_dev,
+                    stand_in=stand_in)
 
 
 def counts_from_spans(gold: Sequence[Sequence], pred: Sequence[Sequence]) -> np.ndarray:

@@ -37,8 +37,9 @@ def notebook_parameters(paper: str) -> set[str]:
 
 
 def models_named(cfg: dict) -> list[str]:
-    """Every model a run will load: the model, the baselines and the encoder(s) (one per dataset role)."""
-    names = [cfg.get("model"), *(cfg.get("baselines") or [])]
+    """Every model a run will load: the model (or backbone and teacher), the baselines and the encoder(s)."""
+    names = [cfg.get("model"), cfg.get("backbone"), (cfg.get("teacher") or {}).get("model"),
+             *(cfg.get("baselines") or [])]
     encoder = cfg.get("encoder")
     if isinstance(encoder, dict):
         names += [v for k, v in encoder.items() if k in (cfg.get("datasets") or {})]

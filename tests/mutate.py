@@ -175,6 +175,17 @@ MUTATIONS = [
     Mutation("span scoring", "NaN accepted as strict JSON", "ie_helpers/parsing.py",
              "_STRICT_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_reject_constant)",
              "_STRICT_DECODER = json.JSONDecoder()", ("tests/test_parsing.py",)),
+    Mutation("mtpf", "one adapter stays active for both losses", "ie_helpers/papers/mtpf.py",
+             "        model.set_adapter(family)", "        pass", ("tests/test_mtpf.py",)),
+    Mutation("mtpf", "held-out sentences enter pre-finetuning", "ie_helpers/papers/mtpf.py",
+             "        if key(pool[i]) in held_out:", "        if False:", ("tests/test_mtpf.py",)),
+    Mutation("mtpf", "a family's backbone merges the other family's adapter", "ie_helpers/papers/mtpf.py",
+             "            plain = plain.merge_and_unload(adapter_names=[family])",
+             "            plain = plain.merge_and_unload(adapter_names=list(plain.peft_config))",
+             ("tests/test_mtpf.py",)),
+    Mutation("protocol", "task average weighs tasks by their size", "ie_helpers/engine.py",
+             "        return np.mean(per_task, axis=0)",
+             "        return np.average(per_task, axis=0, weights=[x.shape[1] for x in a])", ("tests/test_mtpf.py",)),
 ]
 
 
