@@ -41,8 +41,9 @@ from ie_helpers.models import REPO_ROOT
 
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 48
-DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128}
-QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16}
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128, "encoder_steps": 24}
+QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16, "encoder_steps": 3}
+ENCODER = "all-minilm-l6-v2"
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
 
@@ -50,7 +51,7 @@ FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more g
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
                  "baseline_gen_tokens_per_s", "gen_speedup", "greedy_match_rate", "fraction_of_peak",
                  "flops_per_token", "peak_flops", "device", "peak_rss_gb", "measured_matmul_flops",
-                 "fraction_of_measured_matmul", "fraction_of_spec_peak")
+                 "fraction_of_measured_matmul", "fraction_of_spec_peak", "encoder_speedup")
 
 
 def _log(msg: str) -> None:
@@ -343,6 +344,9 @@ def run(args: argparse.Namespace) -> dict:
     gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer,
                            fp32_check_prompts=args.fp32_check_prompts, deadline=t0 + args.budget_s)
 
+    from ie_helpers.bench_encoder import bench_encoder
+
+    enc = bench_encoder(ENCODER, args.encoder_steps, timer=timer)
     fast, base = train["fast"], train["baseline"]
     if base["logged_num_tokens"] is not None and base["logged_num_tokens"] != base["tokens"]:
         notes.append(f"TRL logged {base['logged_num_tokens']} non-padding tokens for the baseline vs "
@@ -381,6 +385,11 @@ def run(args: argparse.Namespace) -> dict:
         + (f" fp32 check on {gen['fp32_check']['n_prompts']} prompts: {fp32_rate:.2f}." if fp32_rate is not None
            else "") + (f" fp32 check {gen['fp32_check_skipped']}." if gen.get("fp32_check_skipped") else ""),
         f"fraction_of_peak = train tokens/s × flops_per_token / peak_flops; {peak['assumption']}",
+        f"encoder: {ENCODER} LoRA token classification (r={enc['lora']['r']}) on {enc['sentences']} NCBI-disease "
+        f"sentences, batch {enc['batch_size']}, {enc['steps']} steps: encoder.train_token_classifier (precision auto "
+        f"= {enc['fast']['precision']}, length-grouped batches) vs transformers.Trainer with default TrainingArguments "
+        "(fp32, random order); tokens/s = non-padding sub-tokens of the one epoch both make over the training loop's "
+        "wall time; the baseline runs first.",
     ]
     if train["levers"]:
         notes.append("each lever is the baseline with one change, run after the baseline in the same process, so "
@@ -400,6 +409,9 @@ def run(args: argparse.Namespace) -> dict:
         "baseline_gen_tokens_per_s": gen["baseline_tokens_per_s"],
         "gen_speedup": gen["tokens_per_s"] / gen["baseline_tokens_per_s"],
         "greedy_match_rate": gen["match_rate"],
+        "encoder_speedup": enc["speedup"],
+        "encoder_tokens_per_s": enc["fast"]["tokens_per_s"],
+        "baseline_encoder_tokens_per_s": enc["baseline"]["tokens_per_s"],
         "greedy_match_dtype": gen["dtype"],
         "greedy_match_rate_fp32": fp32_rate,
         "fraction_of_peak": fraction,
@@ -430,7 +442,8 @@ def run(args: argparse.Namespace) -> dict:
         "loss_curve_baseline": base["losses"],
         "loss_curve_max_abs_diff": train["loss_curve_max_abs_diff"],
         "peak_rss_gb": {"train_fast": fast["peak_rss_gb"], "train_baseline": base["peak_rss_gb"],
-                        "generation": gen["peak_rss_gb"],
+                        "generation": gen["peak_rss_gb"], "encoder_fast": enc["fast"]["peak_rss_gb"],
+                        "encoder_baseline": enc["baseline"]["peak_rss_gb"],
                         **{f"lever:{lv['lever']}": lv["peak_rss_gb"] for lv in train["levers"]}},
         "cuda_peak_gb": ({"train_fast": fast["cuda_peak_gb"], "train_baseline": base["cuda_peak_gb"],
                           "generation": gen["cuda_peak_gb"]} if dev["device_type"] == "cuda" else None),
@@ -447,6 +460,7 @@ def run(args: argparse.Namespace) -> dict:
         "flops": flops,
         "training": {k: v for k, v in train.items() if k != "levers"},
         "generation": gen,
+        "encoder": enc,
         "levers": train["levers"],
         "stage_seconds": timer.as_dict(),
         "load_average": {"start": load_start,
@@ -479,6 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help=f"optimizer steps per training run (default {DEFAULTS['steps']})")
     p.add_argument("--gen-prompts", type=int, help=f"CoNLL04 test NER prompts (default {DEFAULTS['gen_prompts']})")
     p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
+    p.add_argument("--encoder-steps", type=int,
+                   help=f"optimizer steps of each encoder run ({ENCODER}, default {DEFAULTS['encoder_steps']})")
     p.add_argument("--levers", action="store_true", help="also time each fast-path lever alone against the "
                                                           "baseline (one extra training run per lever)")
     p.add_argument("--out", default=str(REPO_ROOT / "reports" / "bench"), help="output folder")
@@ -496,8 +512,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.steps < 1 or args.gen_prompts < 1 or args.max_new_tokens < 1:
-        p.error("--steps, --gen-prompts and --max-new-tokens must be at least 1")
+    if min(args.steps, args.gen_prompts, args.max_new_tokens, args.encoder_steps) < 1:
+        p.error("--steps, --gen-prompts, --max-new-tokens and --encoder-steps must be at least 1")
     return args
 
 

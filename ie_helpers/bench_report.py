@@ -24,7 +24,8 @@ def speedup_figure(summary: dict):
     from ie_helpers.plots import metric_bars
 
     rows = [{"comparison": "training\n(project vs TRL defaults)", "speedup": summary["train_speedup"]},
-            {"comparison": "generation\n(batched vs unbatched)", "speedup": summary["gen_speedup"]}]
+            {"comparison": "generation\n(batched vs unbatched)", "speedup": summary["gen_speedup"]},
+            {"comparison": "encoder LoRA\n(project vs Trainer defaults)", "speedup": summary["encoder_speedup"]}]
     rows += [{"comparison": f"lever: {lv['lever']}", "speedup": lv["speedup_vs_baseline"]}
              for lv in summary.get("levers", [])]
     fig = metric_bars(pd.DataFrame(rows), x="comparison", y="speedup", lo=None, hi=None,
@@ -52,7 +53,10 @@ def summary_html(summary: dict, png: bytes) -> str:
             ("generation tokens/s (batched)", summary["gen_tokens_per_s"]),
             ("generation tokens/s (unbatched)", summary["baseline_gen_tokens_per_s"]),
             ("generation speedup", summary["gen_speedup"]),
-            (f"greedy match rate ({summary['greedy_match_dtype']})", summary["greedy_match_rate"])]
+            (f"greedy match rate ({summary['greedy_match_dtype']})", summary["greedy_match_rate"]),
+            ("encoder tokens/s (fast path, LoRA token classification)", summary["encoder_tokens_per_s"]),
+            ("encoder tokens/s (HF Trainer defaults)", summary["baseline_encoder_tokens_per_s"]),
+            ("encoder speedup", summary["encoder_speedup"])]
     if summary.get("greedy_match_rate_fp32") is not None:
         rows.append(("greedy match rate (fp32 check)", summary["greedy_match_rate_fp32"]))
     rows += [("FLOPs per training token", summary["flops_per_token"]),
@@ -104,6 +108,8 @@ def _print_summary(s: dict, out_dir: Path) -> None:
         + f"; of the measured {s['precision']} matmul ({s['measured_matmul_flops'] / 1e9:.0f} GFLOP/s) "
         f"{s['fraction_of_measured_matmul']:.3f}, of the spec figure ({s['spec_peak_flops'] / 1e9:.0f} GFLOP/s) "
         f"{s['fraction_of_spec_peak']:.3f}",
+        f"encoder           {s['encoder_tokens_per_s']:.0f} tok/s fast vs {s['baseline_encoder_tokens_per_s']:.0f} tok/s "
+        f"HF Trainer defaults: {s['encoder_speedup']:.2f}x",
         "peak memory       " + ", ".join(f"{k} {v:.2f} GB RSS" for k, v in s["peak_rss_gb"].items())
         + ("; CUDA " + ", ".join(f"{k} {v:.2f} GB" for k, v in s["cuda_peak_gb"].items()) if s.get("cuda_peak_gb") else ""),
     ]

@@ -46,7 +46,12 @@ def test_quick_bench_writes_complete_report(tmp_path):
     # the fractions divide the same achieved rate by the two ceilings; every path has its own peak memory
     achieved = report["train_tokens_per_s"] * report["flops_per_token"]
     assert report["fraction_of_measured_matmul"] == pytest.approx(achieved / matmul)
-    assert set(report["peak_rss_gb"]) >= {"train_fast", "train_baseline", "generation"}
+    assert set(report["peak_rss_gb"]) >= {"train_fast", "train_baseline", "generation", "encoder_fast",
+                                          "encoder_baseline"}
+    # the encoder comparison: same sentences, same steps, so the same sub-tokens on both sides
+    enc = report["encoder"]
+    assert enc["fast"]["tokens"] == enc["baseline"]["tokens"] > 0 and enc["steps"] == 3
+    assert report["encoder_speedup"] == pytest.approx(enc["fast"]["tokens_per_s"] / enc["baseline"]["tokens_per_s"])
     assert all(0.05 < v < 200 for v in report["peak_rss_gb"].values())
     # batched fp32 decoding is exact: every output equals the one-at-a-time output
     if report["greedy_match_dtype"] == "fp32":
