@@ -6,6 +6,8 @@ writers here, so an interrupted run never leaves a half-written report behind.
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import importlib.metadata
 import json
@@ -73,7 +75,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def _json_default(value: Any) -> Any:
-    # numpy scalars/arrays become real JSON numbers/lists; anything else (Path, ...) a string.
+    # dataclasses (Provenance, ...) become objects, numpy scalars/arrays real numbers/lists, the rest (Path) strings.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         return value.item()
     if hasattr(value, "tolist"):

@@ -101,6 +101,15 @@ def test_notebook_runs_in_smoke_profile(paper, tmp_path):
 # The paper profile with the papers' hub models swapped for tiny offline ones and sizes cut down: every other
 # setting (data, prompts, training knobs, claims) is the paper profile's, so a GPU user's run cannot trip on them.
 TINY_PAPER_OVERRIDES = {
+    "clinical": {"decoders": ["tiny-random-llama"], "encoders": ["all-minilm-l6-v2"], "ce_tasks": ["ncbi-disease"],
+                 "re_tasks": ["ddi"], "train_size": 8, "dev_size": 3,
+                 "test_size": 4, "seeds": [0], "n_boot": 50, "max_new_tokens": {"ce": 8, "re": 8},
+                 "lrs": {"decoder_lora": [1e-3], "decoder_full": [1e-4], "encoder_lora": [1e-3], "encoder_full": [1e-4]},
+                 "tuning": {"train_size": 6, "dev_size": 3},
+                 "decoder_training": {"epochs": 1, "batch_size": 2, "grad_accum": 1, "lora": {"r": 4, "alpha": 8}},
+                 "encoder_training": {"epochs": 1, "re_epochs": 1, "batch_size": 4},
+                 "lodo": {"held_out": ["ncbi-disease"], "mixture_size": 4, "fractions": [0.5, 1.0],
+                          "target_fraction": 0.5, "seeds": [0]}},
     "etlch": {"model": "tiny-random-llama", "baselines": [], "train_sizes": [2, 4], "eval_size": 4, "seeds": [0],
               "max_new_tokens": 12, "n_boot": 50, "gen_batch_size": 4,
               "training": {"epochs": 1, "batch_size": 2, "lora": {"r": 4, "alpha": 8}}},
@@ -109,6 +118,12 @@ TINY_PAPER_OVERRIDES = {
                "encoder_training": {"epochs": 1, "batch_size": 4},
                "lr_grid": {"dev_size": 3, "lrs": {"lora": [5e-5], "encoder_full": [5e-5]}},
                "training": {"epochs": 1, "batch_size": 4, "grad_accum": 1, "lora": {"r": 4, "alpha": 8}}},
+    "mtpf": {"backbone": "all-minilm-l6-v2", "teacher": {"model": "all-minilm-l6-v2", "fine_tune": True, "per_task": 8,
+                                                         "epochs": 1},
+             "ner_tasks": ["conll04"], "cls_tasks": ["citation-intent"], "seeds": [0], "n_boot": 50,
+             "pre_finetuning": {"corpus_per_task": 12, "pairs": 12, "n_clusters": 4, "steps": 2, "batch_size": 4},
+             "downstream": {"ner": {"train_size": 8, "dev_size": 4, "test_size": 6, "epochs": 1, "lrs": [1e-3]},
+                            "cls": {"train_size": 12, "dev_size": 6, "test_size": 8, "Cs": [1.0]}}},
     "loraplus": {"model": "tiny-random-llama", "train_size": 8, "eval_size": 4, "dev_size": 3,
                  "datasets": {"general": {"seeds": [0]}, "biomedical": {"seeds": [0]}},
                  "ratio_sweep": {"ratios": [1, 4]}, "low_resource": {"sizes": [4]},

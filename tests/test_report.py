@@ -61,6 +61,16 @@ def test_atomic_write_json_handles_numpy_and_paths(tmp_path):
     assert target.read_text().startswith('{\n  "n"')
 
 
+def test_atomic_write_json_writes_dataclasses_as_objects(tmp_path):
+    """run.json's data_sources must stay machine-readable (a Provenance, not its repr)."""
+    from ie_helpers.data import Provenance
+
+    prov = Provenance("conll04", "train", "mirror", "/m/conll04/train.json", "ab" * 32, "https://x", 3)
+    atomic_write_json(tmp_path / "out.json", {"data_sources": [prov]})
+    got = json.loads((tmp_path / "out.json").read_text())["data_sources"][0]
+    assert got["dataset"] == "conll04" and got["sha256"] == "ab" * 32 and got["n_items"] == 3
+
+
 def test_failing_json_writer_keeps_previous_file(tmp_path):
     target = tmp_path / "out.json"
     atomic_write_json(target, {"ok": 1})
