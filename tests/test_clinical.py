@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ie_helpers import config, verdicts
+from ie_helpers import config, relations, verdicts
 from ie_helpers.errors import IEError
 from ie_helpers.papers import clinical
 
@@ -192,7 +192,7 @@ def test_ce_counts_from_generated_mentions_and_from_tags():
 def test_entity_marker_pairs_round_trip_to_triples():
     allowed = clinical.allowed_type_pairs([ITEM])
     assert allowed == [("Adverse-Effect", "Drug")]
-    texts, labels, index = clinical.pair_examples([ITEM], allowed)
+    texts, labels, index = relations.pair_examples([ITEM], allowed)
     assert texts == ["[[ Aspirin ]] caused << severe rash >> and nausea .",
                      "[[ Aspirin ]] caused severe rash and << nausea >> ."]
     assert labels == ["Adverse-Effect", clinical.NONE_LABEL] and index == [(0, 1, 0), (0, 2, 0)]
@@ -205,8 +205,8 @@ def test_pairs_in_text_order_only_when_every_training_relation_is():
            "relations": [(0, 1, 2, 3, "EFFECT")]}
     assert clinical.head_first([ddi]) and not clinical.head_first([ITEM, ddi])
     allowed = clinical.allowed_type_pairs([ddi])
-    assert clinical.candidate_pairs(ddi, allowed, in_text_order=True) == [(0, 1), (0, 2), (1, 2)]
-    assert len(clinical.candidate_pairs(ddi, allowed)) == 6
+    assert relations.candidate_pairs(ddi, allowed, in_text_order=True) == [(0, 1), (0, 2), (1, 2)]
+    assert len(relations.candidate_pairs(ddi, allowed)) == 6
 
 
 # --------------------------------------------------------------------------- compute and claims
@@ -275,15 +275,15 @@ def test_stand_ins_load_with_provenance():
 
 
 def test_the_pair_classifier_trains_predicts_and_is_cached():
-    texts, labels, index = clinical.pair_examples([ITEM], clinical.allowed_type_pairs([ITEM]))
+    texts, labels, index = relations.pair_examples([ITEM], clinical.allowed_type_pairs([ITEM]))
     settings = dict(method="lora", lr=1e-3, epochs=1, batch_size=2, seed=0, max_length=32, lora_r=2, lora_alpha=4)
     from ie_helpers import models
 
     path = models.resolve_model("all-minilm-l6-v2").path
-    pred, info = clinical.pair_classifier_cached(path, texts, labels, texts, **settings)
+    pred, info = relations.pair_classifier_cached(path, texts, labels, texts, **settings)
     assert len(pred) == len(texts) and set(pred) <= {"Adverse-Effect", clinical.NONE_LABEL}
     assert not info["cached"] and info["n_steps"] == 1 and 0 < info["n_trainable_params"] < info["n_total_params"]
-    again, info2 = clinical.pair_classifier_cached(path, texts, labels, texts, **settings)
+    again, info2 = relations.pair_classifier_cached(path, texts, labels, texts, **settings)
     assert again == pred and info2["cached"] and info2["train_seconds"] == info["train_seconds"]
 
 

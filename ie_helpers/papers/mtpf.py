@@ -14,7 +14,6 @@ classification tasks read by a linear probe on frozen mean-pooled embeddings.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import shutil
@@ -26,6 +25,9 @@ import numpy as np
 import pandas as pd
 
 from ie_helpers import data, encoder, engine, ner, verdicts
+from ie_helpers.embeddings import embed, info_nce, linear_probe, payload_key, sentence_embeddings, word_embeddings
+
+__all__ = ["word_embeddings", "sentence_embeddings", "linear_probe", "payload_key"]  # the notebook reads them here
 from ie_helpers.errors import IEError
 from ie_helpers.report import Claim
 
@@ -159,35 +161,6 @@ def paraphrase_pairs(webnlg_items: Sequence[dict], n: int, seed: int, held_out: 
 # --------------------------------------------------------------------------- teacher and pseudo-labels
 
 
-def word_embeddings(model_dir, token_seqs: Sequence[Sequence[str]], *, max_length: int = 128,
-                    batch_size: int = 64, precision: str = "auto") -> list[np.ndarray]:
-    """Last-layer embedding of each word's first sub-token, one (words, hidden) array per sentence (words cut by
-    ``max_length`` are left out: arrays can be shorter than their sentence)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    with encoder._quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModel.from_pretrained(str(model_dir)).eval()
-    out: list[np.ndarray] = [np.zeros((0, model.config.hidden_size), np.float32)] * len(token_seqs)
-    order = sorted(range(len(token_seqs)), key=lambda k: len(token_seqs[k]))
-    with torch.inference_mode(), encoder._autocast("cpu", precision):
-        for b in range(0, len(order), batch_size):
-            idx = [k for k in order[b:b + batch_size] if token_seqs[k]]
-            if not idx:
-                continue
-            enc, word_ids, _ = encoder._encode(tok, [token_seqs[k] for k in idx], max_length, padding=True)
-            inputs = {k: torch.tensor(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            hidden = model(**inputs).last_hidden_state.float().numpy()
-            for row, k in enumerate(idx):
-                firsts = {}
-                for pos, w in enumerate(word_ids[row]):
-                    if w is not None and w not in firsts:
-                        firsts[w] = pos
-                out[k] = hidden[row, [firsts[w] for w in sorted(firsts)]]
-    return out
-
-
 def cluster_words(vectors: np.ndarray, k: int, seed: int):
     """Mini-batch k-means over word embeddings (the paper: 200 clusters)."""
     from sklearn.cluster import MiniBatchKMeans
@@ -260,26 +233,6 @@ def build_student(model_dir, variant: Variant, n_clusters: int, lora: dict):
             if "lora_" not in name:
                 p.requires_grad_(True)
     return model, head, tok
-
-
-def _mean_pool(hidden, mask):
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-def embed(model, batch) -> "torch.Tensor":
-    """Mean-pooled, L2-normalised sentence embeddings (as sentence-transformers' MiniLM and MPNet pool)."""
-    import torch.nn.functional as F
-
-    return F.normalize(_mean_pool(model(**batch).last_hidden_state, batch["attention_mask"]).float(), dim=-1)
-
-
-def info_nce(a, b, scale: float = 20.0):
-    """InfoNCE with in-batch negatives: each anchor's positive is its pair, every other pair is a negative
-    (sentence-transformers' MultipleNegativesRankingLoss with cosine similarity and scale 20)."""
-    import torch
-
-    return torch.nn.functional.cross_entropy(scale * a @ b.T, torch.arange(len(a), device=a.device))
 
 
 def family_loss(model, head, family: str, batch: dict):
@@ -384,10 +337,6 @@ def save_backbone(model, tok, family: str, folder: Path) -> None:
     tmp.rename(folder)
 
 
-def payload_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs, settings: dict,
                             cache: Path) -> tuple[dict[str, str], dict]:
     """Backbone folder per downstream family for one variant, trained once and reused from ``cache``. Each folder
@@ -416,50 +365,6 @@ def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs,
 
 
 # --------------------------------------------------------------------------- downstream
-
-
-def sentence_embeddings(model_dir, texts: Sequence[str], *, max_length: int = 128, batch_size: int = 64,
-                        precision: str = "auto", cache: Path | None = None) -> np.ndarray:
-    """Frozen mean-pooled embeddings (float32, L2-normalised), stored as .npy under ``cache``."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from ie_helpers.models import resolve_model
-
-    path = None
-    if cache is not None:
-        key = payload_key({"m": resolve_model(str(model_dir)).fingerprint, "t": list(texts), "l": max_length,
-                           "p": precision})
-        path = cache / f"{key}.npy"
-        if path.exists():
-            return np.load(path)
-    with encoder._quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModel.from_pretrained(str(model_dir)).eval()
-    order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
-    out = np.zeros((len(texts), model.config.hidden_size), np.float32)
-    with torch.inference_mode(), encoder._autocast("cpu", precision):
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            batch = dict(tok([texts[k] for k in idx], padding=True, truncation=True, max_length=max_length,
-                             return_tensors="pt"))
-            out[idx] = embed(model, batch).numpy()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.rename(path)
-    return out
-
-
-def linear_probe(train_x: np.ndarray, train_y: Sequence[str], eval_x: np.ndarray, C: float) -> list[str]:
-    """scikit-learn logistic regression on frozen embeddings (standardised first)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-    return list(clf.fit(train_x, list(train_y)).predict(eval_x))
 
 
 def class_ids(gold: Sequence[str], pred: Sequence[str], classes: Sequence[str]) -> np.ndarray:
