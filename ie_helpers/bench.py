@@ -28,34 +28,25 @@ import argparse
 import dataclasses
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
+from ie_helpers.bench_decoder import (BATCH_SIZE, FP32_CHECK_PROMPTS, MATCH_RATE_LOW, _log, bench_generation,
+                                      bench_training)
 from ie_helpers.bench_report import _print_summary, speedup_figure, summary_html
-from ie_helpers.machine import PeakMemory, device_info, flops_model, measured_matmul_flops, model_dims, peak_flops
+from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
+                                device_info, flops_model, measured_matmul_flops, model_dims, peak_flops)
 from ie_helpers.models import REPO_ROOT
 
-BATCH_SIZE = 8
-GEN_BATCH_SIZE = 48
 DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128, "encoder_steps": 24}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16, "encoder_steps": 3}
 ENCODER = "all-minilm-l6-v2"
-MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
-FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
-
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
                  "baseline_gen_tokens_per_s", "gen_speedup", "greedy_match_rate", "fraction_of_peak",
                  "flops_per_token", "peak_flops", "device", "peak_rss_gb", "measured_matmul_flops",
                  "fraction_of_measured_matmul", "fraction_of_spec_peak", "encoder_speedup")
-
-
-def _log(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -108,195 +99,6 @@ def token_stats(tokenizer, records: list[dict]) -> dict:
     n = max(len(records), 1)
     return {"tokens": total, "completion_tokens": completion, "mean_record_tokens": total / n,
             "completion_fraction": completion / total if total else float("nan")}
-
-
-# --------------------------------------------------------------------------- training
-
-
-def trl_defaults() -> dict:
-    """What ``trl.SFTConfig()`` defaults to in the installed TRL, for the fields the fast path changes."""
-    import torch
-    from trl import SFTConfig
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cfg = SFTConfig(output_dir=tmp, use_cpu=not torch.cuda.is_available())
-        return {"bf16": bool(cfg.bf16), "gradient_checkpointing": bool(cfg.gradient_checkpointing),
-                "pad_to_multiple_of": cfg.pad_to_multiple_of,
-                "train_sampling_strategy": getattr(cfg, "train_sampling_strategy", None),
-                "group_by_length": bool(getattr(cfg, "group_by_length", False))
-                or getattr(cfg, "train_sampling_strategy", None) == "group_by_length",
-                "model_weights": "as loaded by the caller (fp32 by default in transformers)"}
-
-
-def _losses(log_history: list[dict]) -> list[float]:
-    return [float(h["loss"]) for h in log_history if "loss" in h]
-
-
-def _run_summary(result, precision: str, weights: str) -> dict:
-    losses = _losses(result.log_history)
-    logged = [h["num_tokens"] for h in result.log_history if "num_tokens" in h]
-    return {"tokens_per_s": result.tokens_per_second, "seconds": result.train_seconds,
-            "tokens": result.train_tokens, "logged_num_tokens": logged[-1] if logged else None,
-            "steps": len(losses), "losses": losses, "final_loss": losses[-1] if losses else float("nan"),
-            "mean_loss": sum(losses) / len(losses) if losses else float("nan"),
-            "precision": precision, "frozen_weights": weights}
-
-
-def _curve_diff(a: list[float], b: list[float]) -> float:
-    n = min(len(a), len(b))
-    return max((abs(x - y) for x, y in zip(a[:n], b[:n])), default=float("nan"))
-
-
-def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, str]]:
-    """(name, description, settings change, frozen weight dtype) for each way the fast path differs."""
-    levers = []
-    described = {"frozen_weights": f"frozen base weights in {fast_weights} when training in bf16 (adapters stay fp32)",
-                 "precision": "training precision", "gradient_checkpointing": "gradient checkpointing",
-                 "group_by_length": "length-grouped batches", "pad_to_multiple_of": "pad lengths to a multiple",
-                 "completion_head_only": "LM head + loss on completion tokens only",
-                 "attn_implementation": "attention kernel (transformers' attn_implementation)",
-                 "reuse_heap": "glibc keeps freed memory in the heap (no mmap/munmap per large tensor)",
-                 "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)"}
-    for f in dataclasses.fields(fast):
-        a, b = getattr(fast, f.name), getattr(baseline, f.name)
-        if f.name == "precision":
-            from ie_helpers.train import resolve_precision
-
-            a, b = resolve_precision(a), resolve_precision(b)
-        if f.name == "attn_implementation":
-            from ie_helpers.train import resolve_attention
-
-            a, b = resolve_attention(a), resolve_attention(b)
-        if a != b:
-            weights = fast_weights if f.name == "frozen_weights" else "float32"
-            levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", {f.name: a}, weights))
-    return levers
-
-
-def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer) -> dict:
-    from ie_helpers.train import TrainSettings, resolve_precision, train_sft
-
-    trl = trl_defaults()
-    fast = TrainSettings(max_steps=steps, epochs=1.0, batch_size=BATCH_SIZE)
-    baseline = dataclasses.replace(
-        fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
-        group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32",
-        fast_dropout=False, attn_implementation="sdpa", reuse_heap=False)
-    fast_precision = resolve_precision(fast.precision)
-    fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
-
-    # Order: baseline, then each lever, then the fast path. glibc heap reuse (reuse_heap) is process-wide once
-    # switched on and cannot be switched back to glibc's pristine dynamic thresholds, so every run before the
-    # fast path keeps the default allocator and the heap-reuse lever runs last. One-time costs (kernel builds,
-    # page cache) therefore land on the baseline; the notes say so.
-    _log("training: plain-TRL-defaults baseline")
-    with timer.stage("train_baseline"), PeakMemory() as mem:
-        base_result = train_sft(model_name, records, baseline, use_cache=False, log=lambda m: _log(m.strip()))
-    shutil.rmtree(base_result.run_dir, ignore_errors=True)
-    base_run = {**_run_summary(base_result, resolve_precision(baseline.precision), "float32"), **mem.as_dict()}
-    lever_runs = []
-    if levers:
-        ordered = sorted(lever_list(fast, baseline, fast_weights), key=lambda lv: lv[0].startswith("reuse_heap"))
-        for name, desc, change, weights in ordered:
-            _log(f"lever {name}: {desc}")
-            settings = dataclasses.replace(baseline, **change)
-            with timer.stage(f"lever:{name}"), PeakMemory() as mem:
-                r = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
-            shutil.rmtree(r.run_dir, ignore_errors=True)
-            run = {**_run_summary(r, resolve_precision(settings.precision), weights), **mem.as_dict()}
-            lever_runs.append({
-                "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
-                "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
-                "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
-                "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
-                "losses": run["losses"], "peak_rss_gb": run["peak_rss_gb"], "cuda_peak_gb": run["cuda_peak_gb"]})
-    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
-    with timer.stage("train_fast"), PeakMemory() as mem:
-        fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
-    shutil.rmtree(fast_result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
-    fast_run = {**_run_summary(fast_result, fast_precision, fast_weights), **mem.as_dict()}
-    out = {
-        "fast": {**fast_run, "settings": dataclasses.asdict(fast), "path": "ie_helpers.train.train_sft"},
-        "baseline": {**base_run, "settings": dataclasses.asdict(baseline),
-                     "path": "ie_helpers.train.train_sft with frozen_weights=fp32 (TRL's default weight dtype)"},
-        "trl_defaults": trl,
-        "train_speedup": fast_run["tokens_per_s"] / base_run["tokens_per_s"],
-        "loss_curve_max_abs_diff": _curve_diff(fast_run["losses"], base_run["losses"]),
-        "loss_curve_note": ("step-aligned; the fast path's length grouping changes which records form each "
-                            "batch, so per-step losses differ by batch composition as well as by arithmetic. "
-                            "Both runs see every record exactly once, so mean_loss is order-free; levers that "
-                            "keep the batch order (all but group_by_length) show the arithmetic-only diff."),
-        "run_order": ["baseline", *[lv["lever"] for lv in lever_runs], "fast"],
-        "levers": lever_runs,
-    }
-    return out
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int) -> dict:
-    from ie_helpers.generate import GenerationStats, generate, generate_unbatched
-
-    for m in (model, baseline_model):  # warm-up
-        generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
-    batched_stats, single_stats = GenerationStats(), GenerationStats()
-    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
-                       progress=False, stats=batched_stats)
-    single = generate_unbatched(baseline_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                stats=single_stats)
-    matches = [a == b for a, b in zip(batched, single)]
-    return {"tokens_per_s": batched_stats.new_tokens_per_s, "baseline_tokens_per_s": single_stats.new_tokens_per_s,
-            "new_tokens": batched_stats.new_tokens, "baseline_new_tokens": single_stats.new_tokens,
-            "seconds": batched_stats.seconds, "baseline_seconds": single_stats.seconds,
-            "match_rate": sum(matches) / len(matches) if matches else float("nan"),
-            "n_prompts": len(prompts), "mismatched_prompts": [i for i, m in enumerate(matches) if not m],
-            "examples": [{"batched": a, "unbatched": b} for a, b in list(zip(batched, single))[:3]]}
-
-
-def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, timer,
-                     fp32_check_prompts: int = FP32_CHECK_PROMPTS, deadline: float = math.inf) -> dict:
-    """Batched vs unbatched generation; the optional fp32 check is skipped if it would run past ``deadline``."""
-    import torch
-
-    from ie_helpers.train import load_for_inference
-
-    with timer.stage("generate"), PeakMemory() as mem:
-        # the project's inference path (dtype, and oneDNN-packed layers on CPU) against the stock model
-        model, tokenizer, _ = load_for_inference(model_name)
-        baseline_model, _, _ = load_for_inference(model_name, onednn=False)
-        if torch.cuda.is_available():
-            model.to("cuda")
-            baseline_model.to("cuda")
-        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        packed = sum(type(m).__name__ == "OneDNNLinear" for m in model.modules())
-        _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
-             f"batched (batch {GEN_BATCH_SIZE}, {packed} oneDNN-packed linear layers) vs unbatched stock model")
-        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens)
-        del model, baseline_model
-    out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
-           "onednn_packed_layers": packed, **main,
-           "headline_dtype": dtype, "fp32_check": None, **mem.as_dict()}
-    subset = prompts[:fp32_check_prompts]
-    # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load
-    estimate = 2.0 * (main["seconds"] + main["baseline_seconds"]) * len(subset) / max(len(prompts), 1) + 10
-    out["fp32_check_estimated_s"] = estimate
-    if dtype != "float32" and main["match_rate"] < MATCH_RATE_LOW and subset and \
-            time.perf_counter() + estimate > deadline:
-        out["fp32_check_skipped"] = (f"skipped: it would take ~{estimate:.0f} s and run past the --budget-s "
-                                     "time budget")
-        _log(f"fp32 greedy-match check {out['fp32_check_skipped']}")
-    elif dtype != "float32" and main["match_rate"] < MATCH_RATE_LOW and subset:
-        _log(f"match rate {main['match_rate']:.2f} in {dtype}: checking fp32 on {len(subset)} prompts")
-        with timer.stage("generate_fp32_check"):
-            model, tokenizer, _ = load_for_inference(model_name, dtype=torch.float32)
-            if torch.cuda.is_available():
-                model.to("cuda")
-            check = _gen_pair(model, model, tokenizer, subset, max_new_tokens)
-            del model
-        out["fp32_check"] = check
-    return out
 
 
 # --------------------------------------------------------------------------- main

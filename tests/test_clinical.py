@@ -249,6 +249,33 @@ def test_claims_follow_the_policy():
         clinical.claim_c4({}, {}, margin=0.005, random_weights=False, fraction=0.2)))
 
 
+def test_a_measured_decoder_run_is_cached_only_when_this_call_did_not_train_it(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from ie_helpers import models, train
+
+    monkeypatch.setenv("IE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "resolve_model", lambda name: SimpleNamespace(fingerprint=f"fp-{name}"))
+    trained, calls = set(), []
+
+    def fake_train_sft(model_name, records, settings, log=print):
+        calls.append(model_name)
+        cached = model_name in trained
+        trained.add(model_name)
+        return train.TrainResult(key=model_name, run_dir=tmp_path, cached=cached, train_seconds=1.0,
+                                 train_tokens=10, log_history=[], settings=dict(settings))
+
+    monkeypatch.setattr(train, "train_sft", fake_train_sft)
+    records = [{"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", "content": "y"}]}]
+    run, peak = clinical.train_sft_measured("m", records, {"seed": 0})
+    assert not run.cached and peak is not None and calls == ["m", "m"]
+    again, peak2 = clinical.train_sft_measured("m", records, {"seed": 0})
+    assert again.cached and peak2 == peak and calls == ["m", "m", "m"]
+    trained.add("before")  # trained before the memory measurement existed: nothing is trained in this call
+    old, peak3 = clinical.train_sft_measured("before", records, {"seed": 0})
+    assert old.cached and peak3 is None
+
+
 def test_every_profile_loads_and_cpu_states_its_cuts():
     for profile in ("smoke", "cpu", "paper"):
         cfg = config.load_config("clinical", profile)
