@@ -61,6 +61,44 @@ def _check_nested(value, base, path: str) -> None:
         _check_nested(v, base[k], f"{path}.{k}")
 
 
+def _kind(value) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _check_value(value, default, path: str) -> None:
+    """Refuse an override whose type does not match the recipe's value (``None`` in the recipe accepts anything,
+    ``"auto"`` also accepts a number), an empty list where the recipe's list has entries, and negative numbers."""
+    if default is None or value is None:
+        return
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise IEError(f"parameter '{path}' must be a mapping like {default!r}, got {value!r}")
+        for k, v in value.items():
+            _check_value(v, default.get(k), f"{path}.{k}")
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise IEError(f"parameter '{path}' = {value} is negative; give a value >= 0 (the recipe has {default!r})")
+    if default == "auto" and _kind(value) == "a number":
+        return
+    if _kind(value) != _kind(default):
+        raise IEError(f"parameter '{path}' must be {_kind(default)} like {default!r}, got {value!r}")
+    if isinstance(default, list):
+        if default and not value:
+            raise IEError(f"parameter '{path}' is empty; give at least one entry, e.g. {default!r}")
+        for i, item in enumerate(value):
+            _check_value(item, default[0] if default else None, f"{path}[{i}]")
+
+
 def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     recipe = read_recipe(paper)
     if profile == "auto":
@@ -75,6 +113,7 @@ def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
         raise IEError(f"unknown parameter(s) {', '.join(unknown)} for {paper}; valid: {', '.join(sorted(cfg))}")
     for k, v in given.items():
         _check_nested(v, cfg[k], k)
+        _check_value(v, cfg[k], k)
     cfg = _merge(cfg, given)
     cfg["profile"] = profile
     cfg["paper"] = paper

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ie_helpers.cpu_speed import reuse_freed_heap_memory
+from ie_helpers.errors import IEError
 
 # Bumped when batched decoding can give different tokens than before (2: sliding-window models no longer
 # share the prompt prefix), so cached generations from the older code are not reused.
@@ -249,8 +250,10 @@ def greedy_batch(model, rows: list[list[int]], *, max_new_tokens: int, stops: li
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256, batch_size: int = 16,
              desc: str = "generating", progress: bool = True, stats: GenerationStats | None = None,
-             reuse_prefix: bool = True, prefill_chunk: int = 8) -> list[str]:
-    """Greedy completions for chat prompts, in input order (see ``greedy_batch``)."""
+             reuse_prefix: bool = True, prefill_chunk: int = 8, hit_cap: list | None = None) -> list[str]:
+    """Greedy completions for chat prompts, in input order (see ``greedy_batch``). ``hit_cap``, when given, is
+    filled with one bool per prompt: True when the answer was cut at ``max_new_tokens`` (truncated, not
+    finished), so truncation can be counted apart from malformed output."""
     from tqdm.auto import tqdm
 
     if next(model.parameters()).device.type == "cpu":
@@ -260,6 +263,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     outputs: list[str] = [""] * len(encoded)
+    capped = [False] * len(encoded)
     stats = stats if stats is not None else GenerationStats()
     start = time.perf_counter()
     bar = tqdm(total=len(encoded), desc=desc, disable=not progress, leave=False)
@@ -271,14 +275,30 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
             stats.new_tokens += len(row)
             stats.prompt_tokens += len(encoded[i])
             outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            capped[i] = len(row) >= max_new_tokens
         bar.update(len(idx))
     bar.close()
+    if hit_cap is not None:
+        hit_cap[:] = capped
     stats.n_prompts += len(encoded)
     stats.seconds += time.perf_counter() - start
     return outputs
 
 
 @torch.inference_mode()
+def max_new_tokens_for(answers: list[str], tokenizer, *, quantile: float = 0.99, margin: int = 16,
+                       cap: int | None = None) -> int:
+    """A generation cap from gold answers: their ``quantile`` length in this tokenizer's tokens (plus the end
+    token) and ``margin``, at most ``cap``. Sized on training answers, so no test answer chooses it."""
+    import numpy as np
+
+    if not answers:
+        raise IEError("max_new_tokens_for needs at least one gold answer to size the cap from")
+    lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers]
+    value = int(np.ceil(np.quantile(lengths, quantile))) + int(margin)
+    return min(value, int(cap)) if cap else value
+
+
 def generate_with_hf(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256,
                      batch_size: int = 1, stats: GenerationStats | None = None) -> list[str]:
     """``model.generate`` (greedy, left-padded batches): the stock path, kept as the reference."""

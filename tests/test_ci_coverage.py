@@ -14,7 +14,7 @@ Tolerances (R = replications, n = 80 examples per data set, n_boot = 400):
   little: the true coverage of these 95% intervals is ~0.935-0.95 (observed here 0.928-0.952),
   and the same code run at 90% gives ~0.89 (observed 0.880-0.892; 0.911 for the Bernoulli
   proportion, whose discreteness adds coverage). Binomial SD of the observed share: sqrt(p(1-p)/R).
-  - R = 2000 (stats.bootstrap_ci, paired_bootstrap_diff, etlch.summarise): SD 0.0053 at p = 0.94,
+  - R = 2000 (stats.bootstrap_ci, paired_bootstrap_diff, etlch_claims.summarise): SD 0.0053 at p = 0.94,
     so the lower bound is 4.7 SD below a correct interval; a 90% interval (p ≈ 0.89, SD 0.0070)
     sits 3.6 SD below it. The upper bound is 6.6 SD above 0.94; a 99% interval (p ≈ 0.985,
     SD 0.0027) is 3.7 SD above it.
@@ -37,7 +37,7 @@ import pytest
 from scipy.stats import norm
 
 from ie_helpers import ner, nerexp, stats
-from ie_helpers.papers import etlch
+from ie_helpers.papers import etlch, etlch_claims
 
 Z95 = float(norm.ppf(0.975))  # 1.95996...
 N = 80  # examples (sentences, documents) per simulated data set
@@ -141,14 +141,14 @@ def test_etlch_summarise_covers_95_with_closed_form_width():
         "rouge_l": rng.beta(2, 3, R_CHEAP * N),
         "parse_strict": (rng.random(R_CHEAP * N) < 0.7).astype(float),
     })
-    summary = etlch.summarise(frame, ["system"], metric_names=("rouge_l", "parse_strict"), n_boot=N_BOOT)
+    summary = etlch_claims.summarise(frame, ["system"], metric_names=("rouge_l", "parse_strict"), n_boot=N_BOOT)
     for metric, truth in (("rouge_l", 0.4), ("parse_strict", 0.7)):
         rows = summary[summary["metric"] == metric].set_index("system").sort_index()
         assert len(rows) == R_CHEAP and (rows["n"] == N).all()
         sd = frame.groupby("system")[metric].std(ddof=0).sort_index()
         covered = ((rows["lo"] <= truth) & (truth <= rows["hi"])).to_numpy()
         ratio = ((rows["hi"] - rows["lo"]) / (2 * Z95 * sd / np.sqrt(N))).to_numpy()
-        _check(f"etlch.summarise ({metric})", covered, ratio)
+        _check(f"etlch_claims.summarise ({metric})", covered, ratio)
 
 
 # --------------------------------------------------------------------------- NER F1 intervals

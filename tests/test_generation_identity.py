@@ -155,3 +155,41 @@ def test_generate_end_to_end_equals_unbatched_strings():
                                stats=stats)
         assert batched == single
         assert stats.n_prompts == len(prompts) and 0 < stats.new_tokens <= 10 * len(prompts)
+
+
+def test_generate_flags_answers_cut_at_the_cap(monkeypatch):
+    """``hit_cap`` marks exactly the answers that reached ``max_new_tokens``, in input order (generate sorts
+    prompts by length, so the flags must be mapped back)."""
+    from transformers import AutoTokenizer
+
+    from ie_helpers.models import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny-random-llama").path)
+    prompts = [[{"role": "user", "content": t}] for t in ("Paris is in France today.", "Acme", "Bob met Ada.")]
+    encoded = gen.encode_prompts(tok, prompts)
+    answer_length = {len(encoded[0]): 6, len(encoded[1]): 2, len(encoded[2]): 5}  # prompts differ in length
+    assert len(answer_length) == 3
+
+    def fake_greedy(model, rows, *, max_new_tokens, **kwargs):
+        return [[tok.convert_tokens_to_ids("a")] * min(answer_length[len(r)], max_new_tokens) for r in rows]
+
+    monkeypatch.setattr(gen, "greedy_batch", fake_greedy)
+    model = torch.nn.Linear(1, 1)  # only its device is read
+    hit: list[bool] = []
+    gen.generate(model, tok, prompts, max_new_tokens=6, batch_size=2, progress=False, hit_cap=hit)
+    assert hit == [True, False, False]
+    gen.generate(model, tok, prompts, max_new_tokens=5, batch_size=2, progress=False, hit_cap=hit)
+    assert hit == [True, False, True]
+
+
+def test_max_new_tokens_for_uses_the_quantile_plus_margin_and_the_cap():
+    class Chars:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(text)}
+
+    answers = ["x" * n for n in range(1, 101)]
+    assert gen.max_new_tokens_for(answers, Chars(), quantile=0.5, margin=0) == 52  # median 50.5 + end token
+    assert gen.max_new_tokens_for(answers, Chars(), quantile=1.0, margin=16) == 101 + 16
+    assert gen.max_new_tokens_for(answers, Chars(), cap=40) == 40
+    with pytest.raises(Exception, match="at least one gold answer"):
+        gen.max_new_tokens_for([], Chars())

@@ -13,7 +13,9 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from ie_helpers import nerexp, stats
-from ie_helpers.papers import etlch, finner, loraplus
+from ie_helpers.papers import etlch_claims as EC
+from ie_helpers.papers import finner, loraplus
+from ie_helpers.verdicts import Evidence
 from ie_helpers.config import load_config
 
 FT, BASE = "LoRA n=300", "zero-shot smollm2-135m-instruct"
@@ -41,7 +43,7 @@ def test_etlch_paired_comparisons_holm_adjusts_over_all_rows():
         for task in ("ner", "kge", "json"):
             for doc in range(30):
                 rows.append({"system": system, "task": task, "doc": doc, "rouge_l": level + rng.normal(0, 0.1)})
-    comp = etlch.paired_comparisons(pd.DataFrame(rows), FT, [BASE, "other"])
+    comp = EC.paired_comparisons(pd.DataFrame(rows), FT, [BASE, "other"])
     assert len(comp) == 6 and not np.allclose(comp.p_sign, comp.p_sign_holm)
     assert np.allclose(comp.p_sign_holm, multipletests(comp.p_sign, method="holm")[1])
 
@@ -87,46 +89,63 @@ def _comparisons(win_rates: dict, p_holm: dict, p_wilcoxon: float = 0.5, baselin
 CELLS = {(t, m): 0.5 for t in ("ner", "kge", "json") for m in ("set_f1", "content_rouge_l")}  # 6 content cells
 
 
+def _ev(effect, lo, hi, seeds=(None, None, None), tuned=True):
+    return Evidence(effect=effect, lo=lo, hi=hi, seed_effects=tuple(effect if s is None else s for s in seeds),
+                    tuned_on_dev=tuned)
+
+
+def _win(rate, lo, hi, **kw):  # E2 evidence is the win rate minus the paper's 70%
+    return _ev(rate - EC.WIN_BAR, lo - EC.WIN_BAR, hi - EC.WIN_BAR, **kw)
+
+
 def _etlch(summary=None, comparisons=None, *, baselines=(BASE,), json_300=None, plateaus=None,
-           train_sizes=(25, 50, 100, 300)):
-    claims = etlch.etlch_claims(summary=summary if summary is not None else _summary(CELLS, CELLS),
-                                comparisons=comparisons if comparisons is not None else pd.DataFrame(),
-                                plateaus=plateaus or {}, final_system=FT, baselines=list(baselines),
-                                paper_baselines=load_config("etlch", "paper")["paper_baselines"],
-                                train_sizes=list(train_sizes), json_parse_at_300=json_300, profile="cpu",
-                                n_seeds=3, tuned_on_dev=True)
+           train_sizes=(25, 50, 100, 300), e1=None, e2=None):
+    evidence = {"E1": e1 if e1 is not None else {}, "E2": e2 if e2 is not None else {}}
+    claims = EC.etlch_claims(summary=summary if summary is not None else _summary(CELLS, CELLS),
+                             comparisons=comparisons if comparisons is not None else pd.DataFrame(),
+                             plateaus=plateaus or {}, final_system=FT, baselines=list(baselines),
+                             paper_baselines=load_config("etlch", "paper")["paper_baselines"],
+                             train_sizes=list(train_sizes), json_parse_at_300=json_300, evidence=evidence,
+                             curve_seeds=3, tuned_on_dev=True)
     return {c.claim_id: c.verdict for c in claims}
 
 
-@pytest.mark.parametrize("cells_won, verdict", [(3, "not replicated"), (4, "direction only")])
-def test_e1_flips_past_half_of_the_cells(cells_won, verdict):
-    ft = {k: (0.6 if i < cells_won else 0.4) for i, k in enumerate(CELLS)}
-    assert _etlch(_summary(ft, CELLS))["E1"] == verdict  # 3/6 is not "most"; 4/6 is
+@pytest.mark.parametrize("lo, hi, verdict", [(EPS, 0.2, "direction only"), (0.0, 0.2, "inconclusive"),
+                                             (-0.1, 0.1, "inconclusive"), (-0.2, -EPS, "not replicated")])
+def test_e1_needs_the_ci_above_zero(lo, hi, verdict):
+    assert _etlch(e1={BASE: _ev((lo + hi) / 2, lo, hi)})["E1"] == verdict
 
 
-@pytest.mark.parametrize("win, verdict", [(0.7 - EPS, "not replicated"), (0.7, "not replicated"),
-                                          (0.7 + EPS, "direction only")])
-def test_e2_win_rate_must_exceed_70_percent(win, verdict):
-    comp = _comparisons({"kge": win, "json": 0.9}, {"kge": 1e-4, "json": 1e-4})
-    assert _etlch(comparisons=comp)["E2"] == verdict
+def test_e1_must_beat_every_baseline():
+    e1 = {BASE: _ev(0.3, 0.2, 0.4), "other": _ev(0.0, -0.1, 0.1)}
+    assert _etlch(e1=e1, baselines=(BASE, "other"))["E1"] == "inconclusive"
+    e1["other"] = _ev(0.2, 0.1, 0.3)
+    assert _etlch(e1=e1, baselines=(BASE, "other"))["E1"] == "direction only"
 
 
-@pytest.mark.parametrize("p, verdict", [(0.05 - EPS, "direction only"), (0.05, "not replicated")])
-def test_e2_needs_holm_p_below_005(p, verdict):
-    comp = _comparisons({"kge": 0.9, "json": 0.9}, {"kge": 1e-4, "json": p})
-    assert _etlch(comparisons=comp)["E2"] == verdict
+@pytest.mark.parametrize("lo, verdict", [(0.7 - EPS, "inconclusive"), (0.7, "inconclusive"),
+                                         (0.7 + EPS, "direction only")])
+def test_e2_win_rate_ci_must_lie_above_70_percent(lo, verdict):
+    e2 = {("kge", BASE): _win(0.9, lo, 0.95), ("json", BASE): _win(0.9, 0.8, 0.95)}
+    assert _etlch(e2=e2)["E2"] == verdict
 
 
-def test_e2_needs_both_tasks_and_ignores_ner():
-    both = _comparisons({"kge": 0.9, "json": 0.9, "ner": 0.1}, {"kge": 1e-4, "json": 1e-4, "ner": 0.9})
-    assert _etlch(comparisons=both)["E2"] == "direction only"
-    one = _comparisons({"kge": 0.9, "json": 0.6, "ner": 0.9}, {"kge": 1e-4, "json": 1e-4, "ner": 1e-4})
-    assert _etlch(comparisons=one)["E2"] == "not replicated"
+def test_e2_needs_both_tasks():
+    e2 = {("kge", BASE): _win(0.9, 0.8, 0.95), ("json", BASE): _win(0.5, 0.4, 0.6)}
+    assert _etlch(e2=e2)["E2"] == "not replicated"
 
 
-def test_e2_with_a_paper_baseline_can_replicate():
-    comp = _comparisons({"kge": 0.9, "json": 0.9}, {"kge": 1e-4, "json": 1e-4}, baseline=QWEN)
-    assert _etlch(comparisons=comp, baselines=(QWEN,))["E2"] == "replicated"
+def test_e2_seeds_that_disagree_or_untuned_rates_stay_inconclusive():
+    split = {("kge", BASE): _win(0.9, 0.8, 0.95, seeds=(0.3, 0.2, -0.1)), ("json", BASE): _win(0.9, 0.8, 0.95)}
+    assert _etlch(e2=split)["E2"] == "inconclusive"
+    untuned = {("kge", BASE): _win(0.9, 0.8, 0.95, tuned=False), ("json", BASE): _win(0.9, 0.8, 0.95)}
+    assert _etlch(e2=untuned)["E2"] == "inconclusive"
+
+
+def test_e2_win_scores_count_ties_as_half():
+    a = np.array([[1.0, 0.5, 0.2, 0.0]])
+    b = np.array([[0.0, 0.5, 0.4, 0.0]])
+    assert EC.win_scores(a, b).tolist() == [[1.0, 0.5, 0.0, 0.5]]
 
 
 def test_e3_is_an_absolute_figure_and_not_testable_without_the_papers_model_and_data():
@@ -135,10 +154,10 @@ def test_e3_is_an_absolute_figure_and_not_testable_without_the_papers_model_and_
 
 
 @pytest.mark.parametrize("lo, hi, status", [
-    (100, etlch.PLATEAU_BY, "plateaus"), (100, etlch.PLATEAU_BY + 1, "indeterminate"),
-    (etlch.PLATEAU_BY, 900, "indeterminate"), (etlch.PLATEAU_BY + 1, 900, "still rising")])
+    (100, EC.PLATEAU_BY, "plateaus"), (100, EC.PLATEAU_BY + 1, "indeterminate"),
+    (EC.PLATEAU_BY, 900, "indeterminate"), (EC.PLATEAU_BY + 1, 900, "still rising")])
 def test_plateau_status_at_the_boundary(lo, hi, status):
-    assert etlch.plateau_status({"ok": True, "point": (lo + hi) / 2, "lo": lo, "hi": hi}) == status
+    assert EC.plateau_status({"ok": True, "point": (lo + hi) / 2, "lo": lo, "hi": hi}) == status
 
 
 @pytest.mark.parametrize("statuses, verdict", [

@@ -108,22 +108,27 @@ def test_evidence_rule_for_verdicts_reached_by_a_claims_own_rule(verdict, n_seed
 
 # --------------------------------------------------------------------------- every paper goes through the policy
 
-def _etlch(**kw):
+def _etlch(seeds=3, tuned_on_dev=True, **kw):
+    from ie_helpers.papers import etlch_claims
+
     summary = pd.DataFrame([{"system": s, "task": "json", "metric": "set_f1", "mean": m, "lo": m, "hi": m, "n": 64}
                             for s, m in (("ft", 0.8), ("base", 0.2))])
-    comparisons = pd.DataFrame([{"task": t, "baseline": "base", "metric": "set_f1", "win_rate": 0.95, "p_sign": 1e-6,
-                                 "p_sign_holm": 1e-6, "p_wilcoxon": 1e-6} for t in ("json", "kge")])
-    claims = etlch.etlch_claims(summary=summary, comparisons=comparisons, plateaus={}, final_system="ft",
-                                baselines=["base"], paper_baselines=["Qwen/Qwen2.5-7B-Instruct"],
-                                train_sizes=[25, 50, 100], json_parse_at_300=None, profile="cpu", **kw)
+    ev = Evidence(effect=0.6, lo=0.5, hi=0.7, seed_effects=(0.6,) * seeds, tuned_on_dev=tuned_on_dev)
+    win = Evidence(effect=0.25, lo=0.2, hi=0.3, seed_effects=(0.25,) * seeds, tuned_on_dev=tuned_on_dev)
+    evidence = {"E1": {"base": ev}, "E2": {("json", "base"): win, ("kge", "base"): win}}
+    claims = etlch_claims.etlch_claims(summary=summary, comparisons=pd.DataFrame(), plateaus={}, final_system="ft",
+                                       baselines=["base"], paper_baselines=["Qwen/Qwen2.5-7B-Instruct"],
+                                       train_sizes=[25, 50, 100], json_parse_at_300=None, evidence=evidence,
+                                       curve_seeds=1, **kw)
     return {c.claim_id: c for c in claims}
 
 
 def test_etlch_single_seed_comparisons_are_inconclusive_and_smoke_runs_not_testable():
-    assert _etlch(n_seeds=3, tuned_on_dev=True)["E2"].verdict == DIRECTION_ONLY
-    one = _etlch(n_seeds=1)
-    assert one["E1"].verdict == one["E2"].verdict == INCONCLUSIVE and "1 seed(s) < 3" in one["E2"].note
-    assert {c.verdict for c in _etlch(n_seeds=3, tuned_on_dev=True, random_weights=True).values()} == {NOT_TESTABLE}
+    assert _etlch()["E2"].verdict == DIRECTION_ONLY
+    one = _etlch(seeds=1)
+    assert one["E1"].verdict == one["E2"].verdict == INCONCLUSIVE and "1 seed(s), fewer than 3" in one["E2"].note
+    assert _etlch(tuned_on_dev=False)["E1"].verdict == INCONCLUSIVE
+    assert {c.verdict for c in _etlch(random_weights=True).values()} == {NOT_TESTABLE}
 
 
 def test_finner_and_loraplus_go_through_the_policy():

@@ -29,14 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--role", help="loraplus: the dataset role (default: the dev grid's)")
     parser.add_argument("--method", help="loraplus: lora, loraplus (default) or full")
-    parser.add_argument("--lr", type=float, help="the base learning rate chosen on dev (default: the recipe's)")
+    parser.add_argument("--lr", type=float,
+                        help="loraplus, etlch: the (base) learning rate chosen on dev (default: the recipe's only one)")
     args = parser.parse_args(argv)
     try:
         if args.paper not in LAUNCHABLE:
             raise IEError(f"no launchable training run for paper '{args.paper}': use one of {', '.join(LAUNCHABLE)}")
         cfg = config.load_config(args.paper, args.profile)
         row = {k: v for k, v in (("role", args.role), ("method", args.method), ("lr", args.lr)) if v is not None}
-        if row and args.paper != "loraplus":
+        if args.paper == "etlch" and set(row) <= {"lr"}:
+            pass  # ETLCH takes the dev-chosen rate
+        elif row and args.paper != "loraplus":
             raise IEError(f"--role/--method/--lr select a LoRA+ plan row; the {args.paper} run takes --size and --seed")
         records, model, settings = LAUNCHABLE[args.paper].launch_records(cfg, args.size, args.seed, **row)
         result = train_sft(model, records, settings, use_cache=not args.no_cache)
