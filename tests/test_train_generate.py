@@ -241,7 +241,8 @@ def test_full_attention_models_do_not_count_as_sliding():
     assert uses_sliding_window(model(sliding_window=4096))  # Mistral: every layer windowed
 
 
-@pytest.mark.parametrize("paper", ["etlch", "finner", "loraplus"])
+# etlch's run, and its cached rerun, are also test_accelerate's (under `accelerate launch`): `make test-full` only
+@pytest.mark.parametrize("paper", [pytest.param("etlch", marks=pytest.mark.full), "finner", "loraplus"])
 def test_launch_trains_one_run_of_a_paper_recipe(paper, tmp_path):
     import json as _json
     import subprocess
