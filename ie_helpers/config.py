@@ -75,16 +75,17 @@ def _kind(value) -> str:
     return type(value).__name__
 
 
-def _check_value(value, default, path: str) -> None:
+def _check_value(value, default, path: str, common=None) -> None:
     """Refuse an override whose type does not match the recipe's value (``None`` in the recipe accepts anything,
-    ``"auto"`` also accepts a number), an empty list where the recipe's list has entries, and negative numbers."""
+    ``"auto"`` also accepts a number), an empty list where the recipe's list has entries (unless its ``common``
+    block leaves that list empty, as for optional baselines), and negative numbers."""
     if default is None or value is None:
         return
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise IEError(f"parameter '{path}' must be a mapping like {default!r}, got {value!r}")
         for k, v in value.items():
-            _check_value(v, default.get(k), f"{path}.{k}")
+            _check_value(v, default.get(k), f"{path}.{k}", common.get(k) if isinstance(common, dict) else None)
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise IEError(f"parameter '{path}' = {value} is negative; give a value >= 0 (the recipe has {default!r})")
@@ -93,7 +94,7 @@ def _check_value(value, default, path: str) -> None:
     if _kind(value) != _kind(default):
         raise IEError(f"parameter '{path}' must be {_kind(default)} like {default!r}, got {value!r}")
     if isinstance(default, list):
-        if default and not value:
+        if default and not value and common != []:
             raise IEError(f"parameter '{path}' is empty; give at least one entry, e.g. {default!r}")
         for i, item in enumerate(value):
             _check_value(item, default[0] if default else None, f"{path}[{i}]")
@@ -113,7 +114,7 @@ def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
         raise IEError(f"unknown parameter(s) {', '.join(unknown)} for {paper}; valid: {', '.join(sorted(cfg))}")
     for k, v in given.items():
         _check_nested(v, cfg[k], k)
-        _check_value(v, cfg[k], k)
+        _check_value(v, cfg[k], k, recipe["common"].get(k))
     cfg = _merge(cfg, given)
     cfg["profile"] = profile
     cfg["paper"] = paper

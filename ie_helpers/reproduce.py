@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -48,12 +49,26 @@ def models_named(cfg: dict) -> list[str]:
     return [n for n in names if isinstance(n, str) and n]
 
 
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _exponent_numbers(value):
+    """YAML 1.1 reads ``5e-05`` (no dot) as a string: make such strings the numbers they spell, at any depth."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        return float(value)
+    if isinstance(value, list):
+        return [_exponent_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _exponent_numbers(v) for k, v in value.items()}
+    return value
+
+
 def parse_value(text: str):
     """A -p value: JSON/YAML literal when it parses (numbers, lists, dicts, null), else the string."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return _exponent_numbers(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
 

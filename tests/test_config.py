@@ -163,6 +163,12 @@ def test_bad_types_ranges_and_empty_lists_are_refused_before_anything_runs(overr
     assert "\n" not in str(exc.value)
 
 
+def test_a_list_the_common_block_leaves_empty_may_be_emptied():
+    assert load_config("etlch", "paper", baselines=[])["baselines"] == []  # optional, empty in `common`
+    with pytest.raises(IEError, match="is empty"):
+        load_config("etlch", "paper", seeds=[])
+
+
 def test_auto_accepts_a_number_and_none_in_the_recipe_accepts_anything():
     assert load_config("etlch", "cpu", max_new_tokens=96)["max_new_tokens"] == 96
     assert load_config("etlch", "cpu", eval_size=None)["eval_size"] == 64  # None keeps the profile value

@@ -142,6 +142,7 @@ TINY_PAPER_OVERRIDES = {
                  "lodo": {"held_out": ["ncbi-disease"], "mixture_size": 4, "fractions": [0.5, 1.0],
                           "target_fraction": 0.5, "seeds": [0]}},
     "etlch": {"model": "tiny-random-llama", "baselines": [], "train_sizes": [2, 4], "eval_size": 4, "seeds": [0],
+              "compare_size": 4, "dev_size": 3, "lrs": [1e-3], "tuning": {"train_size": 4}, "min_steps": 1,
               "max_new_tokens": 12, "n_boot": 50, "gen_batch_size": 4,
               "training": {"epochs": 1, "batch_size": 2, "lora": {"r": 4, "alpha": 8}}},
     "finner": {"model": "tiny-random-llama", "baselines": [], "encoder": "all-minilm-l6-v2", "train_size": 8,
@@ -265,3 +266,11 @@ def test_relative_folders_in_the_environment_become_absolute(tmp_path):
     absolute_path_variables(env, tmp_path / "repo")
     assert env == {"IE_DATA_DIR": str((tmp_path / "shared" / "data").resolve()), "IE_CACHE_DIR": "/abs/cache",
                    "OTHER": "rel"}
+
+
+@pytest.mark.parametrize("text, value", [("5e-05", 5e-05), ('{"lrs": [1e-4, 3.0e-4]}', {"lrs": [1e-4, 3e-4]}),
+                                         ("[25, 50]", [25, 50]), ("abc", "abc"), ("null", None), ("1e3x", "1e3x")])
+def test_cli_values_read_exponent_numbers_as_numbers(text, value):
+    from ie_helpers.reproduce import parse_value
+
+    assert parse_value(text) == value
