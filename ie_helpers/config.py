@@ -89,7 +89,7 @@ def _check_value(value, default, path: str, common=None) -> None:
         return
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise IEError(f"parameter '{path}' = {value} is negative; give a value >= 0 (the recipe has {default!r})")
-    if default == "auto" and _kind(value) == "a number":
+    if "auto" in (default, common) and (_kind(value) == "a number" or value == "auto"):
         return
     if _kind(value) != _kind(default):
         raise IEError(f"parameter '{path}' must be {_kind(default)} like {default!r}, got {value!r}")

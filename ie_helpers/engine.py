@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ie_helpers.errors import IEError
+from ie_helpers.stats import check_bootstrap, percentile_interval, resampled_indices
 from ie_helpers.verdicts import Evidence
 
 STATS = ("mean", "micro_f1", "macro_f1")
@@ -146,14 +147,16 @@ def paired_effect(a, b, *, stat: str = "mean", n_boot: int = 1000, seed: int = 0
         raise IEError(f"a and b are scored on different items ({a.shape[1]} vs {b.shape[1]}): pair them first")
     point, lo, hi, seed_effects = _bootstrap([a, b], lambda s: s[0] - s[1], stat, n_boot, seed, alpha)
     return Evidence(effect=point, lo=lo, hi=hi, seed_effects=tuple(seed_effects), tuned_on_dev=tuned_on_dev,
-                    stand_in=stand_in)
+                    stand_in=stand_in, level=1 - alpha)
+
+
+def _draw(rng: np.random.Generator, n: int) -> np.ndarray:
+    """One bootstrap resample of ``n`` indices (``stats.resampled_indices``, one row)."""
+    return next(resampled_indices(rng, n, 1, rows_per_chunk=1))[0]
 
 
 def _bootstrap(arrays: list[np.ndarray], combine, stat: str, n_boot: int, seed: int, alpha: float):
-    if n_boot < 1:
-        raise IEError(f"n_boot={n_boot}; use a positive number of resamples (e.g. 1000)")
-    if not 0.0 < alpha < 1.0:
-        raise IEError(f"alpha={alpha}; use a value in (0, 1), e.g. 0.05 for a 95% interval")
+    check_bootstrap(n_boot, alpha)
     n_items = arrays[0].shape[1]
     paired_seeds = len({x.shape[0] for x in arrays}) == 1
     per_seed = [_stat(x, stat) for x in arrays]
@@ -163,14 +166,14 @@ def _bootstrap(arrays: list[np.ndarray], combine, stat: str, n_boot: int, seed: 
     rng = np.random.default_rng(seed)
     boots = np.empty(n_boot)
     for i in range(n_boot):
-        items = rng.integers(0, n_items, n_items)
-        shared = rng.integers(0, arrays[0].shape[0], arrays[0].shape[0])
+        items = _draw(rng, n_items)
+        shared = _draw(rng, arrays[0].shape[0])
         means = []
         for x in arrays:
-            rows = shared if paired_seeds else rng.integers(0, x.shape[0], x.shape[0])
+            rows = shared if paired_seeds else _draw(rng, x.shape[0])
             means.append(_stat(x[rows][:, items], stat).mean())
         boots[i] = combine(means)
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    lo, hi = percentile_interval(boots, alpha)
     return point, float(min(lo, hi)), float(max(lo, hi)), seed_effects
 
 
@@ -203,13 +206,13 @@ def task_average_effect(a_by_task: Sequence, b_by_task: Sequence | None = None, 
 
     full_items = [np.arange(x.shape[1]) for x in a]
     seed_effects = effect(np.arange(n), full_items)
+    check_bootstrap(n_boot, alpha)
     rng = np.random.default_rng(seed)
-    boots = np.array([effect(rng.integers(0, n, n), [rng.integers(0, x.shape[1], x.shape[1]) for x in a]).mean()
-                      for _ in range(max(1, n_boot))])
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    boots = np.array([effect(_draw(rng, n), [_draw(rng, x.shape[1]) for x in a]).mean() for _ in range(n_boot)])
+    lo, hi = percentile_interval(boots, alpha)
     return Evidence(effect=float(seed_effects.mean()), lo=float(min(lo, hi)), hi=float(max(lo, hi)),
                     seed_effects=tuple(float(v) for v in seed_effects), tuned_on_dev=tuned_on_dev,
-                    stand_in=stand_in)
+                    stand_in=stand_in, level=1 - alpha)
 
 
 def counts_from_spans(gold: Sequence[Sequence], pred: Sequence[Sequence]) -> np.ndarray:

@@ -285,7 +285,6 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
     return outputs
 
 
-@torch.inference_mode()
 def max_new_tokens_for(answers: list[str], tokenizer, *, quantile: float = 0.99, margin: int = 16,
                        cap: int | None = None) -> int:
     """A generation cap from gold answers: their ``quantile`` length in this tokenizer's tokens (plus the end
@@ -299,6 +298,7 @@ def max_new_tokens_for(answers: list[str], tokenizer, *, quantile: float = 0.99,
     return min(value, int(cap)) if cap else value
 
 
+@torch.inference_mode()
 def generate_with_hf(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int = 256,
                      batch_size: int = 1, stats: GenerationStats | None = None) -> list[str]:
     """``model.generate`` (greedy, left-padded batches): the stock path, kept as the reference."""

@@ -22,6 +22,7 @@ import numpy as np
 
 from ie_helpers.errors import IEError
 from ie_helpers.mention_alignment import align_mentions
+from ie_helpers.stats import check_bootstrap, percentile_interval, resampled_indices
 
 Span = tuple[int, int, str]
 
@@ -251,24 +252,17 @@ def _resample_f1(counts_list, n: int, n_boot: int, seed: int, chunk: int = 256) 
     rng = np.random.default_rng(seed)
     outs: list[list[np.ndarray]] = [[] for _ in counts_list]
     stacked = [np.stack(c) for c in counts_list]  # each (3, n)
-    done = 0
-    while done < n_boot:
-        b = min(chunk, n_boot - done)
-        idx = rng.integers(0, n, size=(b, n))
+    for idx in resampled_indices(rng, n, n_boot, rows_per_chunk=chunk):
         for k, st in enumerate(stacked):
             sums = st[:, idx].sum(axis=2)  # (3, b)
             outs[k].append(_micro_f1(*sums))
-        done += b
     return [np.concatenate(o) for o in outs]
 
 
 def _check_boot_args(n_sent: int, n_boot: int, alpha: float) -> None:
     if n_sent == 0:
         raise IEError("no sentences to bootstrap; pass at least one gold/pred pair")
-    if n_boot < 1:
-        raise IEError(f"n_boot={n_boot}; use a positive number of resamples (e.g. 1000)")
-    if not 0.0 < alpha < 1.0:
-        raise IEError(f"alpha={alpha}; use a value in (0, 1), e.g. 0.05 for a 95% interval")
+    check_bootstrap(n_boot, alpha)
 
 
 def bootstrap_f1_ci(
@@ -292,8 +286,8 @@ def bootstrap_f1_ci(
     counts = _span_counts(gold, pred)
     f1 = float(_micro_f1(*(np.array([c.sum()]) for c in counts))[0])
     (boots,) = _resample_f1([counts], len(gold), n_boot, seed)
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return f1, float(lo), float(hi)
+    lo, hi = percentile_interval(boots, alpha)
+    return f1, lo, hi
 
 
 def paired_bootstrap_f1(
@@ -322,7 +316,7 @@ def paired_bootstrap_f1(
     diff = f1_a - f1_b
     boot_a, boot_b = _resample_f1([ca, cb], len(gold), n_boot, seed)
     d = boot_a - boot_b
-    lo, hi = np.quantile(d, [alpha / 2, 1 - alpha / 2])
+    lo, hi = percentile_interval(d, alpha)
     if diff > 0:
         flips = (float(np.sum(d <= 0)) + 1) / (n_boot + 1)
     elif diff < 0:

@@ -246,7 +246,7 @@ def export_notebook_html(executed_ipynb: Path, out_dir: Path) -> dict[str, Path]
 
 _SHORT_VERDICT = {"not testable at this profile": "not testable"}
 _SKIPPED_DIRS = {"bench"}
-KEY_FIGURE_NAMES = ("key_figure.png", "learning_curve_f1.png", "systems.png", "main.png")
+KEY_FIGURE_NAMES = ("key_figure.png", "learning_curve_f1.png", "systems.png", "main.png", "ner_tasks.png")
 
 _INDEX_CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
@@ -299,6 +299,7 @@ def _link(report_dir: Path, filename: str) -> str:
 
 def _thumbnail(report_dir: Path) -> str:
     figure = next((report_dir / n for n in KEY_FIGURE_NAMES if (report_dir / n).is_file()), None)
+    figure = figure or next(iter(sorted(report_dir.glob("*.png"))), None)  # any figure beats none
     if figure is None:
         return '<span class="muted">no figure</span>'
     data = base64.b64encode(figure.read_bytes()).decode()

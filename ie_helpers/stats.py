@@ -1,7 +1,9 @@
 """Uncertainty and paired comparisons for per-example scores, plus plateau fits.
 
 Bootstrap intervals are percentile intervals over resampled examples. NaN scores
-are dropped (pairs are dropped whole when either side is NaN).
+are dropped (pairs are dropped whole when either side is NaN). Every bootstrap of the
+kit (here, ``ner``, ``nerexp``, ``engine``) draws its resamples with ``resampled_indices``
+and reads its interval with ``percentile_interval``, after ``check_bootstrap``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ _BOOT_CHUNK_ELEMENTS = 2_000_000
 _NAN3 = (float("nan"), float("nan"), float("nan"))
 
 
+def check_bootstrap(n_boot: int, alpha: float = 0.05) -> None:
+    """Refuse a resample count below 1 and a level outside (0, 1), naming the fix."""
+    _check_n_boot(n_boot)
+    _check_alpha(alpha)
+
+
+def resampled_indices(rng: np.random.Generator, n_items: int, n_boot: int, *, rows_per_chunk: int):
+    """Bootstrap resamples of ``n_items`` item indices (drawn with replacement), yielded as arrays of
+    ``rows_per_chunk`` resamples (the last one shorter), so large samples never build one huge matrix."""
+    for rows in _chunk_sizes(n_boot, max(1, rows_per_chunk)):
+        yield rng.integers(0, n_items, size=(rows, n_items))
+
+
+def percentile_interval(boots: Any, alpha: float = 0.05) -> tuple[float, float]:
+    """The ``alpha/2`` and ``1 - alpha/2`` quantiles of bootstrap values (a plain percentile interval)."""
+    lo, hi = np.quantile(np.asarray(boots, dtype=float), [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(
     values: Sequence[float],
     stat: Callable[..., Any] = np.mean,
@@ -34,22 +55,16 @@ def bootstrap_ci(
     `stat` is called as stat(matrix, axis=1) when it accepts `axis` (np.mean,
     np.median, ...), otherwise once per resample.
     """
-    _check_n_boot(n_boot)
-    _check_alpha(alpha)
+    check_bootstrap(n_boot, alpha)
     x = np.asarray(values, dtype=float).ravel()
     x = x[~np.isnan(x)]
     if x.size == 0:
         return _NAN3
     rng = np.random.default_rng(seed)
-    rows_per_chunk = max(1, _BOOT_CHUNK_ELEMENTS // x.size)
-    boot = np.concatenate(
-        [
-            _stat_per_row(x[rng.integers(0, x.size, size=(rows, x.size))], stat)
-            for rows in _chunk_sizes(n_boot, rows_per_chunk)
-        ]
-    )
-    lo, hi = np.percentile(boot, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(stat(x)), float(lo), float(hi)
+    chunks = resampled_indices(rng, x.size, n_boot, rows_per_chunk=_BOOT_CHUNK_ELEMENTS // x.size)
+    boot = np.concatenate([_stat_per_row(x[idx], stat) for idx in chunks])
+    lo, hi = percentile_interval(boot, alpha)
+    return float(stat(x)), lo, hi
 
 
 def paired_bootstrap_diff(
@@ -189,7 +204,7 @@ def plateau_with_ci(
 
     rng = np.random.default_rng(seed)
     boot_means = np.column_stack(
-        [s[rng.integers(0, s.size, size=(n_boot, s.size))].mean(axis=1) for s in clean]
+        [s[next(resampled_indices(rng, s.size, n_boot, rows_per_chunk=n_boot))].mean(axis=1) for s in clean]
     )
     warm_start = (fit["a"], fit["b"], fit["c"]) if fit["ok"] else None
     boot_points = []
@@ -198,7 +213,7 @@ def plateau_with_ci(
         if refit["ok"]:
             boot_points.append(plateau_point(refit["c"], frac))
     n_failed = n_boot - len(boot_points)
-    lo, hi = np.percentile(boot_points, [2.5, 97.5]) if boot_points else (np.nan, np.nan)
+    lo, hi = percentile_interval(boot_points, 0.05) if boot_points else (np.nan, np.nan)
     return {
         "point": point,
         "lo": float(lo),

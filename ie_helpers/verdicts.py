@@ -36,7 +36,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Evidence:
-    """An effect with its 95% CI (over seeds and items) and what stands behind it.
+    """An effect with its CI (over seeds and items; ``level`` 0.95 unless a multiple-comparison adjustment
+    widened it) and what stands behind it.
 
     ``seed_effects``: the effect in each seed alone (sign agreement); ``tuned_on_dev``: every compared
     system's hyperparameters were chosen on dev with the same budget; ``stand_in``: models or data stand
@@ -48,6 +49,7 @@ class Evidence:
     seed_effects: Sequence[float] = ()
     tuned_on_dev: bool = False
     stand_in: bool = True
+    level: float = 0.95
 
     def __post_init__(self):
         if not self.lo <= self.hi:
@@ -89,7 +91,7 @@ def comparison(ev: Evidence, *, decision: float = 0.0, claimed: str = "above", m
         return gated
     sign = 1.0 if claimed == "above" else -1.0
     lo, hi = sorted((sign * (ev.lo - decision), sign * (ev.hi - decision)))  # claimed side is now > 0
-    ci = f"effect {ev.effect:+.3g} [95% CI {ev.lo:+.3g}, {ev.hi:+.3g}] vs decision point {decision:g}"
+    ci = f"effect {ev.effect:+.3g} [{_level(ev)} CI {ev.lo:+.3g}, {ev.hi:+.3g}] vs decision point {decision:g}"
     if lo > 0:
         raw = _on_claimed_side(ev, magnitude, ci)
     elif equivalence_margin is not None and -equivalence_margin < lo and hi < equivalence_margin:
@@ -154,7 +156,7 @@ def null_result(ev: Evidence, *, decision: float = 0.0, random_weights: bool = F
     gated = _gate(random_weights, absent, floor_beaten)
     if gated:
         return gated
-    ci = f"effect {ev.effect:+.3g} [95% CI {ev.lo:+.3g}, {ev.hi:+.3g}]"
+    ci = f"effect {ev.effect:+.3g} [{_level(ev)} CI {ev.lo:+.3g}, {ev.hi:+.3g}]"
     if ev.lo <= decision <= ev.hi:
         raw = Verdict(REPLICATED, f"{ci} contains {decision:g}: not significant, as claimed")
     else:
@@ -171,6 +173,11 @@ def existence(count: int, claimed: int, *, random_weights: bool = False, absent:
     if count == claimed:
         return Verdict(REPLICATED, f"count {count}, as claimed")
     return Verdict(NOT_REPLICATED, f"count {count}, the paper says {claimed}")
+
+
+def _level(ev: Evidence) -> str:
+    """'95%' or, for an adjusted interval, its level to the digit that matters ('98.3%')."""
+    return f"{100 * ev.level:.3g}%"
 
 
 def _seeds(ev: Evidence) -> str:

@@ -171,6 +171,7 @@ def test_a_list_the_common_block_leaves_empty_may_be_emptied():
 
 def test_auto_accepts_a_number_and_none_in_the_recipe_accepts_anything():
     assert load_config("etlch", "cpu", max_new_tokens=96)["max_new_tokens"] == 96
+    assert load_config("etlch", "paper", max_new_tokens="auto")["max_new_tokens"] == "auto"  # common's value
     assert load_config("etlch", "cpu", eval_size=None)["eval_size"] == 64  # None keeps the profile value
     assert load_config("etlch", "paper", eval_size=100)["eval_size"] == 100  # the paper profile's null
 

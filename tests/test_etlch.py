@@ -188,7 +188,7 @@ def _claims(scores, baselines, *, tasks=("ner", "kge", "json"), train_sizes=(25,
     claims = EC.etlch_claims(summary=summary, comparisons=comparisons, plateaus=plateaus or {},
                              final_system=FT, baselines=baselines, paper_baselines=PAPER_BASELINES,
                              train_sizes=list(train_sizes), json_parse_at_300=json_300, evidence=evidence,
-                             curve_seeds=3, tuned_on_dev=True)
+                             curve_seeds=3, compare_seeds=3, tuned_on_dev=True)
     assert [c.claim_id for c in claims] == ["E1", "E2", "E3", "E4", "E5", "E6"]
     for c in claims:
         assert isinstance(c, Claim) and c.verdict in VERDICTS and c.measured_value

@@ -73,3 +73,5 @@ def test_index_is_a_scorecard_with_verdict_counts_and_thumbnails(tmp_path):
     assert index.count("<tr>") == 3 and "1 replicated, 1 not replicated" in index and "25.0 min" in index
     assert index.count("data:image/png;base64,") == 1 and "no figure" in index
     assert 'href="paper_b/review.html"' in index and "smoke" in index and not pages.EXTERNAL_RESOURCE.search(index)
+    (reports / "paper_b" / "other_plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # no key-figure name: any figure
+    assert pages.build_index(reports).read_text().count("data:image/png;base64,") == 2

@@ -8,6 +8,7 @@ from scipy import stats as scipy_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # no packaging config yet
 
+from ie_helpers import stats  # noqa: E402
 from ie_helpers.errors import IEError  # noqa: E402
 from ie_helpers.stats import (  # noqa: E402
     adjust_pvalues,
@@ -217,3 +218,42 @@ def test_gain_after():
     assert gain_after(sizes, means, 1000) == 0.0
     with pytest.raises(IEError, match="pick one"):
         gain_after(sizes, means, 250)
+
+
+# --------------------------------------------------------------------------- one bootstrap for the whole kit
+
+
+def test_resampled_indices_chunks_and_draws_with_replacement():
+    rng = np.random.default_rng(0)
+    chunks = list(stats.resampled_indices(rng, 7, 10, rows_per_chunk=4))
+    assert [c.shape for c in chunks] == [(4, 7), (4, 7), (2, 7)]
+    allrows = np.concatenate(chunks)
+    assert allrows.min() >= 0 and allrows.max() < 7
+    assert any(len(set(r)) < 7 for r in allrows)  # with replacement: repeats occur
+
+
+def test_percentile_interval_and_argument_checks():
+    boots = np.arange(1001, dtype=float)
+    assert stats.percentile_interval(boots, 0.05) == (25.0, 975.0)
+    assert stats.percentile_interval(boots, 0.2) == (100.0, 900.0)
+    with pytest.raises(IEError, match="n_boot"):
+        stats.check_bootstrap(0, 0.05)
+    with pytest.raises(IEError, match="alpha"):
+        stats.check_bootstrap(100, 1.0)
+
+
+def test_no_module_draws_its_own_bootstrap():
+    """Every bootstrap resamples through stats.resampled_indices and reads stats.percentile_interval."""
+    import re
+    from pathlib import Path
+
+    root = Path(stats.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in ("stats.py",) or path.name.startswith("bench"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for pattern in (r"\.multinomial\(", r"np\.percentile\(", r"np\.quantile\([^)]*alpha"):
+            if re.search(pattern, text):
+                offenders.append(f"{path.relative_to(root)}: {pattern}")
+    assert not offenders, offenders

@@ -106,7 +106,7 @@ def _etlch(summary=None, comparisons=None, *, baselines=(BASE,), json_300=None, 
                              plateaus=plateaus or {}, final_system=FT, baselines=list(baselines),
                              paper_baselines=load_config("etlch", "paper")["paper_baselines"],
                              train_sizes=list(train_sizes), json_parse_at_300=json_300, evidence=evidence,
-                             curve_seeds=3, tuned_on_dev=True)
+                             curve_seeds=3, compare_seeds=3, tuned_on_dev=True)
     return {c.claim_id: c.verdict for c in claims}
 
 

@@ -16,26 +16,25 @@ WIN_BAR = 0.7  # E2: the paper's win rate
 
 def per_document(scores: pd.DataFrame, systems: Sequence[str], task: str, metric: str = "set_f1") -> np.ndarray:
     """(systems, documents) matrix of one metric for one task, documents in id order."""
-    rows = []
-    for s in systems:
-        col = scores[(scores.system == s) & (scores.task == task)].set_index("doc")[metric].sort_index()
-        rows.append(col.to_numpy(dtype=float))
-    if len({len(r) for r in rows}) != 1:
+    cols = [scores[(scores.system == s) & (scores.task == task)].set_index("doc")[metric].sort_index()
+            for s in systems]
+    if any(not c.index.equals(cols[0].index) for c in cols):
         raise ValueError(f"{task}: systems {list(systems)} were scored on different documents")
-    return np.stack(rows)
+    return np.stack([c.to_numpy(dtype=float) for c in cols])
 
 
 def e1_evidence(scores: pd.DataFrame, lora_systems: Sequence[str], baselines: Sequence[str], tasks: Sequence[str], *,
                 tuned_on_dev: bool, n_boot: int = 1000) -> dict[str, verdicts.Evidence]:
-    """Per baseline: LoRA (each seed a row) minus the baseline in per-document set F1 averaged over the tasks,
-    CI over seeds and documents (Bonferroni over baselines). A zero-shot baseline has no seed: its one row is
-    compared with every LoRA seed."""
+    """Per baseline: LoRA (each seed a row) minus the baseline in set F1 averaged over the tasks of each
+    document, CI over seeds and documents (Bonferroni over baselines). The tasks score the same documents and
+    the chain links them (NER feeds KGE feeds JSON), so a document is resampled with all its tasks. A zero-shot
+    baseline has no seed: its one row is compared with every LoRA seed."""
     out = {}
+    mine = np.mean([per_document(scores, lora_systems, t) for t in tasks], axis=0)
     for base in baselines:
-        a = [per_document(scores, lora_systems, t) for t in tasks]
-        b = [np.repeat(per_document(scores, [base], t), len(lora_systems), axis=0) for t in tasks]
-        out[base] = engine.task_average_effect(a, b, n_boot=n_boot, alpha=0.05 / len(baselines),
-                                               tuned_on_dev=tuned_on_dev)
+        theirs = np.mean([per_document(scores, [base], t) for t in tasks], axis=0)
+        out[base] = engine.paired_effect(mine, theirs, n_boot=n_boot, alpha=0.05 / len(baselines),
+                                         tuned_on_dev=tuned_on_dev)
     return out
 
 
@@ -55,7 +54,7 @@ def e2_evidence(scores: pd.DataFrame, lora_systems: Sequence[str], baselines: Se
         point, lo, hi = engine.seed_item_bootstrap(wins, n_boot=n_boot, alpha=0.05 / len(keys))
         out[(task, base)] = verdicts.Evidence(effect=point - WIN_BAR, lo=lo - WIN_BAR, hi=hi - WIN_BAR,
                                               seed_effects=tuple(float(w) - WIN_BAR for w in wins.mean(axis=1)),
-                                              tuned_on_dev=tuned_on_dev)
+                                              tuned_on_dev=tuned_on_dev, level=1 - 0.05 / len(keys))
     return out
 
 
@@ -126,24 +125,24 @@ def _fmt(x: float, pct: bool = False) -> str:
 def etlch_claims(*, summary: pd.DataFrame, comparisons: pd.DataFrame, plateaus: dict, final_system: str,
                  baselines: list[str], paper_baselines: list[str], train_sizes: list[int],
                  json_parse_at_300: tuple[float, float, float] | None, evidence: dict, floor_beaten: bool = True,
-                 last_gains: dict[str, float] | None = None, curve_seeds: int = 1, tuned_on_dev: bool = False,
-                 random_weights: bool = False) -> list:
+                 last_gains: dict[str, float] | None = None, curve_seeds: int = 1, compare_seeds: int = 1,
+                 tuned_on_dev: bool = False, random_weights: bool = False) -> list:
     """Verdicts for E1–E6 by the shared policy (``verdicts``), each with the figure measured and the reason.
 
     E1 and E2 are decided by ``verdicts.comparison`` on ``evidence`` (``e1_evidence`` / ``e2_evidence``: CIs
     over seeds and documents, each carrying its seeds and whether the rates were chosen on dev). E4 rests on the
-    learning curve, whose ``curve_seeds`` the policy holds to the evidence rule; a random-weight run makes every
-    claim not testable.
+    learning curve (``curve_seeds`` runs per size) and E5 on the compared system's ``compare_seeds`` runs; the
+    policy holds each to the evidence rule with its own seeds. A random-weight run makes every claim not testable.
     """
     claims = etlch_claim_rules(summary=summary, comparisons=comparisons, plateaus=plateaus, final_system=final_system,
                                baselines=baselines, paper_baselines=paper_baselines, train_sizes=train_sizes,
                                json_parse_at_300=json_parse_at_300, last_gains=last_gains, evidence=evidence,
                                floor_beaten=floor_beaten)
-    return verdicts.hold_to_policy(claims, comparisons=CURVE_CLAIMS, n_seeds=curve_seeds, tuned_on_dev=tuned_on_dev,
+    claims = verdicts.hold_to_policy(claims, comparisons={"E4"}, n_seeds=curve_seeds, tuned_on_dev=tuned_on_dev,
+                                     random_weights=random_weights)
+    return verdicts.hold_to_policy(claims, comparisons={"E5"}, n_seeds=compare_seeds, tuned_on_dev=tuned_on_dev,
                                    random_weights=random_weights)
-
-
-CURVE_CLAIMS = {"E4", "E5"}  # E1/E2 carry their own evidence; E3 is an absolute figure, E6 a count
+# E1/E2 carry their own evidence (seeds, tuning); E3 is an absolute figure, E6 a count.
 
 
 def etlch_claim_rules(*, summary, comparisons, plateaus, final_system, baselines, paper_baselines, train_sizes,
@@ -241,7 +240,7 @@ def etlch_claim_rules(*, summary, comparisons, plateaus, final_system, baselines
         r = rows.iloc[0]
         claims.append(Claim("E5", "NER gain over Qwen2.5-7B not significant (p=0.053)",
                             f"Wilcoxon p={r.p_wilcoxon:.3g}", "replicated" if r.p_wilcoxon >= 0.05 else "not replicated",
-                            "per-document ROUGE-L, two-sided"))
+                            "per-document set F1 (mean over the compared seeds), two-sided"))
 
     # E6: Taide-8B produced 0 parseable JSON outputs.
     taide = [b for b in baselines if "taide" in b.lower()]
