@@ -406,3 +406,21 @@ def paired_tests(sentences: Sequence[dict], scores: dict[str, NERScore], system:
                                       "p_value"])
     out["p_holm"] = adjust_pvalues(out["p_value"].to_numpy()) if len(out) else []
     return out
+
+
+def evaluate_module_check(scores: dict, sentences_of) -> pd.DataFrame:
+    """Every system's strict span micro-F1 recomputed by the kit's local ``evaluate`` module ``span_f1`` (the one a
+    user loads with ``evaluate.load``), beside the figure the report uses; an IEError if any differs.
+    ``sentences_of(name)``: the sentences a system was scored on."""
+    from ie_helpers.metrics import evaluate_metric
+
+    span_f1 = evaluate_metric("span_f1")
+    rows = []
+    for name, score in scores.items():
+        gold = [ner.io_to_bio(s["tags"]) for s in sentences_of(name)]
+        via = span_f1.compute(predictions=score.pred_tags, references=gold)
+        rows.append({"system": str(name), "micro_f1 (report)": score.metrics["micro_f1"],
+                     "micro_f1 (evaluate span_f1)": via["micro_f1"]})
+        if abs(via["micro_f1"] - score.metrics["micro_f1"]) > 1e-12:
+            raise IEError(f"{name}: span_f1 module gives {via['micro_f1']}, the report {score.metrics['micro_f1']}")
+    return pd.DataFrame(rows)
