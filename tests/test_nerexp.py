@@ -676,3 +676,16 @@ def test_f2_is_decided_on_seed_and_item_evidence(lora_keep, base_keep, expected)
         llm_baselines=LLM, paper_baselines=PAPER_BASELINES, model="smollm2-135m-instruct", data_label="fin-sec",
         seed_f1=[0.7], tuned_on_dev=True, evidence=one_seed)}
     assert thin["F2"].verdict == "inconclusive"
+
+
+def test_evaluate_module_check_agrees_with_the_report_and_catches_a_mismatch():
+    import dataclasses
+
+    sentences = [{"tokens": ["Ada", "met", "Bob", "in", "Paris"], "tags": ["B-PER", "O", "B-PER", "O", "B-LOC"]},
+                 {"tokens": ["Acme", "hired", "Eve"], "tags": ["B-ORG", "O", "B-PER"]}]
+    good = nerexp.score_tags([["B-PER", "O", "O", "O", "B-LOC"], ["B-ORG", "O", "O"]], sentences, n_boot=20)
+    table = nerexp.evaluate_module_check({"a": good}, lambda name: sentences)
+    assert table.loc[0, "micro_f1 (evaluate span_f1)"] == pytest.approx(good.metrics["micro_f1"])
+    wrong = dataclasses.replace(good, metrics={**good.metrics, "micro_f1": good.metrics["micro_f1"] + 0.01})
+    with pytest.raises(IEError, match="span_f1 module gives"):
+        nerexp.evaluate_module_check({"a": wrong}, lambda name: sentences)
