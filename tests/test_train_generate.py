@@ -35,6 +35,30 @@ def test_second_identical_run_is_loaded_from_cache():
     assert not changed.cached and changed.key != first.key
 
 
+def test_a_killed_run_resumes_without_redoing_finished_work():
+    """A run killed mid-training leaves only its ``<key>.tmp`` work folder (no done.json): the rerun reuses every
+    finished run, retrains the killed one from scratch and swaps it in whole."""
+    from ie_helpers import models, train
+    from ie_helpers.settings import TrainSettings
+
+    records = _records()
+    finished = train.train_sft("tiny-random-llama", records, SETTINGS, log=lambda *_: None)
+    killed_settings = {**SETTINGS, "seed": 7}
+    key = train.run_key(models.resolve_model("tiny-random-llama").fingerprint, records,
+                        TrainSettings.from_dict(killed_settings))
+    stale = finished.run_dir.with_name(key + ".tmp")
+    (stale / "checkpoint-1").mkdir(parents=True)
+    (stale / "checkpoint-1" / "half-written.bin").write_bytes(b"\0" * 10)
+    assert not (finished.run_dir.with_name(key) / "done.json").exists()
+
+    again = train.train_sft("tiny-random-llama", records, SETTINGS, log=lambda *_: None)
+    resumed = train.train_sft("tiny-random-llama", records, killed_settings, log=lambda *_: None)
+    assert again.cached and again.key == finished.key
+    assert not resumed.cached and resumed.key == key and (resumed.run_dir / "done.json").exists()
+    assert not stale.exists() and not (resumed.run_dir / "checkpoint-1").exists()
+    assert train.train_sft("tiny-random-llama", records, killed_settings, log=lambda *_: None).cached
+
+
 def test_completion_head_loss_equals_full_head_loss():
     """The fast path computes the same loss as TRL's own path on the same batch."""
     import torch
