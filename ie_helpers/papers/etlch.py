@@ -83,7 +83,8 @@ def load_documents(cfg: dict) -> dict:
 def epochs_for(n_records: int, settings: dict, min_steps: int) -> float:
     """Passes over ``n_records`` so a run takes at least ``min_steps`` optimizer steps (the recipe's epochs
     otherwise): small training sets are not stopped after a handful of updates, so a learning curve compares
-    data sizes rather than training lengths."""
+    data sizes rather than training lengths. Counted for one process: under ``accelerate launch`` with k
+    processes each step takes k batches, so a run takes about ``min_steps / k`` steps."""
     per_step = settings["batch_size"] * settings.get("grad_accum", 1)
     steps_per_epoch = -(-n_records // per_step)
     epochs = float(settings["epochs"])
