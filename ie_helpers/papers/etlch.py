@@ -20,10 +20,9 @@ from ie_helpers.tasks import (ETLCH_TASKS, chain_input, etlch_examples, gold_ent
 
 
 TASK_MEANING = metrics.OUTPUT_MEANING
-# set F1 and content ROUGE-L score what an output extracted; raw ROUGE-L and cosine also reward the JSON format
-# (key names, brackets): an empty skeleton scores well on them, so they are secondary and never decide a claim.
+# set F1 (which decides E1/E2) and content ROUGE-L score what an output extracted; raw ROUGE-L and cosine also
+# reward the JSON format (key names, brackets): an empty skeleton scores well on them, so they are secondary.
 METRICS = ("set_f1", "content_rouge_l", "rouge_l", "cosine", "parse_strict", "parse_lenient", "truncated", "malformed")
-CONTENT_METRICS = ("set_f1", "content_rouge_l")
 NULL_SYSTEM = "null: empty skeleton"
 
 
@@ -184,8 +183,8 @@ def null_system(docs: list[dict], entity_types: list[str], tasks=ETLCH_TASKS) ->
 
 def score_outputs(result: dict, docs: list[dict], entity_types: list[str], encoder) -> pd.DataFrame:
     """One row per (task, document) with every metric; the unit for paired tests and bootstrap CIs.
-    ``result``: a chain result (``run_chain``) or a plain {task: outputs} mapping; ``truncated`` marks answers cut at the cap and ``malformed``
-    the unparseable ones that were not cut (the model wrote bad JSON)."""
+    ``result``: a chain result (``run_chain``) or a plain {task: outputs} mapping; ``truncated`` marks answers
+    cut at the cap and ``malformed`` the unparseable ones that were not cut (the model wrote bad JSON)."""
     chain = "outputs" in result and isinstance(result["outputs"], dict)
     outputs, cut = (result["outputs"], result.get("truncated", {})) if chain else (result, {})
     rows = []

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ie_helpers import engine, verdicts
-from ie_helpers.papers.etlch import CONTENT_METRICS, METRICS  # noqa: F401 (CONTENT_METRICS re-exported)
+from ie_helpers.papers.etlch import METRICS
 from ie_helpers.verdicts import NOT_TESTABLE
 
 WIN_BAR = 0.7  # E2: the paper's win rate
