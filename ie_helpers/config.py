@@ -2,7 +2,9 @@
 
 ``load_config("etlch", "cpu", train_sizes=[50, 100])`` merges the profile over the recipe's
 ``common`` block, then the explicit overrides; ``None`` overrides mean "keep the profile value".
-Unknown profiles and unknown keys are refused with the list of valid ones.
+A size the recipe lets be null (the whole split, e.g. ``eval_size``) is asked for explicitly with
+``WHOLE_SPLIT`` (``"all"``; ``-p eval_size null`` on the command line). Unknown profiles and unknown
+keys are refused with the list of valid ones.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ie_helpers.errors import IEError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 PROFILES = ("smoke", "cpu", "paper")
+WHOLE_SPLIT = "all"  # an override meaning "null: the whole split", told apart from None ("keep the profile value")
 
 
 def available_recipes() -> list[str]:
@@ -100,6 +103,37 @@ def _check_value(value, default, path: str, common=None) -> None:
             _check_value(item, default[0] if default else None, f"{path}[{i}]")
 
 
+def whole_split_sizes(recipe: dict) -> set[str]:
+    """Dotted paths of the sizes (``*_size``) that the recipe's common block or a profile sets to null, the
+    whole split: the parameters that take ``WHOLE_SPLIT``."""
+    found = set()
+
+    def walk(block, prefix: str) -> None:
+        for k, v in (block or {}).items():
+            path = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, f"{path}.")
+            elif v is None and k.endswith("_size"):
+                found.add(path)
+
+    for block in (recipe["common"], *recipe["profiles"].values()):
+        walk(block, "")
+    return found
+
+
+def explicit_nulls(value, path: str, nullable: set[str]):
+    """``value`` with every ``WHOLE_SPLIT`` turned into None (the whole split), at any depth; refused where the
+    recipe has no whole-split size."""
+    if isinstance(value, dict):
+        return {k: explicit_nulls(v, f"{path}.{k}", nullable) for k, v in value.items()}
+    if value != WHOLE_SPLIT:
+        return value
+    if path not in nullable:
+        raise IEError(f"parameter '{path}' cannot be null or '{WHOLE_SPLIT}' (the whole split): only "
+                      f"{', '.join(sorted(nullable)) or 'no parameter'} can; leave it out to keep the profile value")
+    return None
+
+
 def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     recipe = read_recipe(paper)
     if profile == "auto":
@@ -112,9 +146,12 @@ def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     unknown = sorted(set(given) - set(cfg))
     if unknown:
         raise IEError(f"unknown parameter(s) {', '.join(unknown)} for {paper}; valid: {', '.join(sorted(cfg))}")
+    nullable = whole_split_sizes(recipe)
+    given = {k: explicit_nulls(v, k, nullable) for k, v in given.items()}
     for k, v in given.items():
-        _check_nested(v, cfg[k], k)
-        _check_value(v, cfg[k], k, recipe["common"].get(k))
+        if v is not None:
+            _check_nested(v, cfg[k], k)
+            _check_value(v, cfg[k], k, recipe["common"].get(k))
     cfg = _merge(cfg, given)
     cfg["profile"] = profile
     cfg["paper"] = paper

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ie_helpers.config import available_recipes, load_config
+from ie_helpers.config import WHOLE_SPLIT, available_recipes, load_config
 from ie_helpers.errors import IEError
 from ie_helpers.models import REPO_ROOT, resolve_model
 
@@ -71,6 +71,13 @@ def parse_value(text: str):
         return _exponent_numbers(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
+
+
+def cli_value(text: str):
+    """A -p value as the notebook gets it: ``null`` is an explicit request (the whole split, ``WHOLE_SPLIT``),
+    never "not given", which a None parameter would mean to the notebook."""
+    value = parse_value(text)
+    return WHOLE_SPLIT if value is None else value
 
 
 def absolute_paths(value, base: Path | None = None):
@@ -183,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", default="all", help="paper notebook to run, or 'all'")
     parser.add_argument("--profile", default="auto", help="smoke | cpu | paper | auto")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                        help="notebook parameter override, e.g. -p train_sizes '[25, 50]'")
+                        help="notebook parameter override, e.g. -p train_sizes '[25, 50]'; a size the recipe "
+                             "lets be null takes null or all (the whole split)")
     parser.add_argument("--reports-dir", default=str(REPORTS))
     args = parser.parse_args(argv)
-    params = {name: absolute_paths(parse_value(value)) for name, value in args.p}
+    params = {name: absolute_paths(cli_value(value)) for name, value in args.p}
     absolute_path_variables()
     try:
         papers = notebook_papers() if args.paper == "all" else [args.paper]

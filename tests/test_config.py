@@ -154,7 +154,7 @@ def test_auto_profile_without_torch_is_cpu(monkeypatch):
 
 @pytest.mark.parametrize("override, message", [
     ({"train_sizes": "abc"}, "must be a list"), ({"seeds": []}, "is empty"), ({"seeds": ["a"]}, "seeds[0]"),
-    ({"n_boot": -1}, "negative"), ({"eval_size": "all"}, "must be a number"),
+    ({"n_boot": -1}, "negative"), ({"eval_size": "most"}, "must be a number"),
     ({"training": {"epochs": "two"}}, "training.epochs"), ({"lrs": [1e-4, "x"]}, "lrs[1]"),
     ({"chained": "yes"}, "true/false")])
 def test_bad_types_ranges_and_empty_lists_are_refused_before_anything_runs(override, message):
@@ -174,6 +174,25 @@ def test_auto_accepts_a_number_and_none_in_the_recipe_accepts_anything():
     assert load_config("etlch", "paper", max_new_tokens="auto")["max_new_tokens"] == "auto"  # common's value
     assert load_config("etlch", "cpu", eval_size=None)["eval_size"] == 64  # None keeps the profile value
     assert load_config("etlch", "paper", eval_size=100)["eval_size"] == 100  # the paper profile's null
+
+
+def test_the_whole_split_is_asked_for_explicitly_not_by_none():
+    from ie_helpers.reproduce import cli_value
+
+    assert load_config("etlch", "cpu", eval_size="all")["eval_size"] is None  # the whole split
+    assert load_config("etlch", "cpu", eval_size=cli_value("null"))["eval_size"] is None  # -p eval_size null
+    assert load_config("etlch", "cpu", eval_size=cli_value("all"))["eval_size"] is None
+    assert load_config("etlch", "cpu", eval_size=None)["eval_size"] == 64  # not given: the profile's value
+    nested = load_config("mtpf", "cpu", downstream={"ner": {"test_size": "all"}})["downstream"]["ner"]
+    assert nested["test_size"] is None and nested["train_size"] == 200
+    assert config.whole_split_sizes(read_recipe("etlch")) == {"eval_size"}
+
+
+@pytest.mark.parametrize("override", [{"n_boot": "all"}, {"seeds": "all"}, {"training": {"epochs": "all"}}])
+def test_only_a_size_the_recipe_lets_be_null_takes_the_whole_split(override):
+    with pytest.raises(IEError, match="cannot be null or 'all'.*only eval_size can") as exc:
+        load_config("etlch", "cpu", **override)
+    assert "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("paper", available_recipes())

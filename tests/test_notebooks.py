@@ -190,6 +190,7 @@ def test_paper_profile_runs_end_to_end_with_tiny_models(paper, tmp_path):
     (["--paper", "etlch", "--profile", "smoke", "-p", "model", "meta-llama/Llama-3.2-1B-Instruct"],
      "not available offline"),
     (["--paper", "etlch", "--profile", "smoke", "-p", "training", "{lora: {rank: 8}}"], "unknown key(s) rank"),
+    (["--paper", "etlch", "--profile", "smoke", "-p", "n_boot", "null"], "parameter 'n_boot' cannot be null"),
 ])
 def test_bad_cli_input_is_one_line_error(args, expected, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
