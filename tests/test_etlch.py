@@ -345,6 +345,22 @@ def test_chain_without_ner_task_uses_gold_entities_downstream(recorded_generate)
     assert f"Entities: {GOLD[0]['ner']}\nTriples: kge-pred-0" in recorded_generate["json"][0]
 
 
+def test_a_user_file_refuses_an_eval_split_it_cannot_honour(tmp_path):
+    import json as _json
+
+    from ie_helpers.config import load_config
+    from ie_helpers.errors import IEError
+
+    docs = [{"tokens": ["Doc", str(i), "in", "Boston"], "entities": [[3, 4, "Loc"]], "relations": []}
+            for i in range(20)]
+    path = tmp_path / "mine.json"
+    path.write_text(_json.dumps(docs))
+    with pytest.raises(IEError, match="eval_split 'dev' needs a dataset with that split.*give eval_split test") as e:
+        etlch.load_documents(load_config("etlch", "smoke", dataset=str(path), eval_split="dev"))
+    assert "\n" not in str(e.value)
+    assert len(etlch.load_documents(load_config("etlch", "smoke", dataset=str(path), eval_split="test"))["test"]) == 4
+
+
 def test_a_user_file_is_split_so_no_test_document_is_trained_on(tmp_path):
     import json as _json
 

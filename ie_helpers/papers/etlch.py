@@ -47,14 +47,18 @@ AUTO_CAP = 512  # the most new tokens an "auto" cap allows
 
 def load_documents(cfg: dict) -> dict:
     """Training, dev and evaluation documents with provenance. A user file with no separate test split is split
-    once (seed 1234), so no document is both trained on and scored; without a dev split (or when ``eval_split``
-    is dev) the dev documents are held out of train, so tuning never sees an evaluated document."""
+    once (seed 1234), so no document is both trained on and scored, and is always scored on that test part (another
+    ``eval_split`` is refused); without a dev split (or when ``eval_split`` is dev) the dev documents are held out
+    of train, so tuning never sees an evaluated document."""
     import dataclasses
 
     from ie_helpers import data, nerexp
 
     train_docs, train_prov = data.load_split(cfg["dataset"], "train", allow_synthetic=cfg["allow_synthetic"])
     notes = []
+    if train_prov.source == "user-file" and cfg["eval_split"] != "test":
+        raise IEError(f"eval_split '{cfg['eval_split']}' needs a dataset with that split; your file is split once and "
+                      f"scored on its held-out {HOLDOUT:.0%} test documents: give eval_split test")
     if train_prov.source == "user-file":
         train_docs, test_docs = nerexp.split_holdout(train_docs, HOLDOUT, seed=1234)
         test_prov = dataclasses.replace(train_prov, split=f"test (held out {HOLDOUT:.0%})", n_items=len(test_docs))
