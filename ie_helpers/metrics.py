@@ -244,6 +244,17 @@ def triple_set(triples: Iterable[tuple[Any, Any, Any]]) -> set[tuple[str, str, s
     return normalised
 
 
+def folded(text: Any) -> str:
+    """Whitespace collapsed and case folded, nothing else (no punctuation stripped): strict triple scoring."""
+    return " ".join(str(text).split()).casefold()
+
+
+def exact_triples_meaning(text: Any) -> tuple[set, ParseResult]:
+    """The (head, relation, tail) set a JSON triple list says, each part only ``folded`` (empty parts kept)."""
+    triples, result = parse_triples(text)
+    return {tuple(folded(x) for x in t) for t in triples}, result
+
+
 def entities_meaning(text: Any) -> tuple[set, ParseResult]:
     """The (type, mention) set a JSON entity list says, and how it parsed."""
     pairs, result = parse_entities(text)

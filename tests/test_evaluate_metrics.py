@@ -36,6 +36,21 @@ def test_set_f1_scores_meaning_not_format():
     assert triples["f1"] == 1.0
 
 
+def test_set_f1_exact_mode_folds_only_case_and_spacing():
+    m = metrics.evaluate_metric("set_f1")
+    gold = ['[["aspirin", "adverse-effect", "rash"]]']
+    loose = ['[["Aspirin.", "adverse-effect", "severe  RASH"]]']
+    assert m.compute(predictions=loose, references=gold, task="kge")["tp"] == 0  # "severe rash" is another mention
+    dotted = ['[["Aspirin.", "Adverse-Effect", "rash"]]']
+    assert m.compute(predictions=dotted, references=gold, task="kge")["f1"] == 1.0  # punctuation stripped
+    exact = m.compute(predictions=dotted, references=gold, task="kge", exact=True)
+    assert (exact["tp"], exact["fp"], exact["fn"]) == (0, 1, 1)  # "aspirin." is not "aspirin"
+    spaced = ['[["ASPIRIN", "adverse-effect", " rash "]]']
+    assert m.compute(predictions=spaced, references=gold, task="kge", exact=True)["f1"] == 1.0
+    with pytest.raises(ValueError, match="exact=True compares triples"):
+        m.compute(predictions=gold, references=gold, task="ner", exact=True)
+
+
 def test_parse_rate_and_content_rouge():
     rates = metrics.evaluate_metric("json_parse_rate").compute(
         predictions=['{"a": 1}', 'Sure: {"a": 1}', "no json", '{"a": NaN}'])
