@@ -189,6 +189,48 @@ def test_ce_counts_from_generated_mentions_and_from_tags():
     assert clinical.ce_counts_tags([tagged[0]["tags"]], tagged).tolist() == [[3, 0, 0]]
 
 
+def test_runs_keep_their_predictions_and_count_as_the_scorers_do():
+    from ie_helpers.papers import clinical_runs
+
+    tagged, _ = clinical.as_items([ITEM])
+    out = '[{"type": "drug", "text": "Aspirin"}, {"type": "adverse effect", "text": "headache"}]'
+    ce = clinical_runs.scored_outputs("ce", [out], tagged, ["Adverse-Effect", "Drug"])
+    assert ce.counts.tolist() == clinical.ce_counts_generated([out], tagged, ["Adverse-Effect", "Drug"]).tolist()
+    assert ce.predicted == [["B-Drug", "O", "O", "O", "O", "O", "O"]] and ce.hallucinated == [1]
+    wrong = '[{"head": "rash", "relation": "adverse-effect", "tail": "Aspirin"}, ["nausea", "x", "ibuprofen"]]'
+    re_run = clinical_runs.scored_outputs("re", [wrong], [ITEM], [])
+    assert re_run.counts.tolist() == clinical.re_counts_generated([wrong], [ITEM]).tolist()
+    assert re_run.predicted == [{("rash", "adverse-effect", "aspirin"), ("nausea", "x", "ibuprofen")}]
+
+
+def test_the_evaluate_module_check_agrees_with_the_report_and_catches_a_mismatch():
+    import pandas as pd
+
+    from ie_helpers import engine
+    from ie_helpers.papers import clinical_runs
+
+    tagged, _ = clinical.as_items([ITEM, {**ITEM, "tokens": ["Ibuprofen"] + ITEM["tokens"][1:]}])
+    ce_outs = ['[{"type": "drug", "text": "Aspirin"}, {"type": "adverse effect", "text": "headache"}]',
+               '[{"type": "adverse effect", "text": "severe rash"}, {"type": "adverse effect", "text": "nausea"}]']
+    re_outs = ['[{"head": "severe rash.", "relation": "adverse-effect", "tail": "Aspirin"}]',  # a strict miss
+               '[{"head": "Severe  rash", "relation": "Adverse-Effect", "tail": "ibuprofen"}]']
+    runs = {("ce", "toy", "decoder", "lora"): [clinical_runs.scored_outputs("ce", ce_outs, tagged, ["Adverse-Effect", "Drug"]),
+                                              clinical_runs.scored_outputs("ce", ce_outs[::-1], tagged, ["Drug"])],
+            ("re", "toy", "decoder", "lora"): [clinical_runs.scored_outputs("re", re_outs, tagged, [])]}
+    rows = [{"family": f, "task": t, "system": s, "method": m,
+             "micro_f1": engine.seed_item_bootstrap(np.stack([r.counts for r in runs[(f, t, s, m)]]),
+                                                    stat="micro_f1", n_boot=2)[0]} for f, t, s, m in runs]
+    report = pd.DataFrame(rows)
+    keys = ["family", "task", "system", "method"]
+    check = clinical_runs.evaluate_module_check(runs, report, keys, "results.csv")
+    assert check["module"].tolist() == ["span_f1", "set_f1"]
+    assert check["micro_f1 (evaluate)"].tolist() == pytest.approx(report["micro_f1"].tolist(), abs=1e-12)
+    assert report["micro_f1"].iloc[1] == pytest.approx(0.5)  # "severe rash." is not "severe rash" for the report
+    with pytest.raises(IEError, match="results.csv re, toy, decoder, lora: the evaluate modules give"):
+        clinical_runs.evaluate_module_check(runs, report.assign(micro_f1=report.micro_f1 + [0, 1e-6]), keys,
+                                            "results.csv")
+
+
 def test_entity_marker_pairs_round_trip_to_triples():
     allowed = clinical.allowed_type_pairs([ITEM])
     assert allowed == [("Adverse-Effect", "Drug")]
