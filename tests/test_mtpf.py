@@ -163,6 +163,32 @@ def test_macro_f1_statistic_matches_scikit_learn():
     assert point == pytest.approx(f1_score(gold, pred, average="macro"))
 
 
+def test_the_evaluate_module_check_recomputes_every_reported_score():
+    import pandas as pd
+
+    from ie_helpers.papers import mtpf_runs
+
+    gold = [["B-PER", "O", "B-LOC"], ["B-ORG", "I-ORG", "O"]]
+    tags = [[["B-PER", "O", "O"], ["B-ORG", "I-ORG", "O"]], [["B-PER", "O", "B-LOC"], ["I-ORG", "I-ORG", "O"]]]
+    labels, preds = ["a", "b", "b", "c"], [["a", "b", "c", "c"], ["a", "a", "b", "x"]]
+    tasks = {"ner": {"toy": {"test_eval": [{"tags": g} for g in gold]}},
+             "cls": {"topic": {"test_eval": [{"label": y} for y in labels]}}}
+    counts = np.stack([mtpf.ner_counts(gold, t) for t in tags])
+    ids = np.stack([mtpf.class_ids(labels, p, ["a", "b", "c"]) for p in preds])
+    results = pd.DataFrame([
+        {"family": "NER", "variant": "tpl", "task": "toy", "data": "full", "metric": "micro-F1",
+         "mean": engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=2)[0]},
+        {"family": "classification", "variant": "tpl", "task": "topic", "data": "full", "metric": "macro-F1",
+         "mean": engine.seed_item_bootstrap(ids, stat="macro_f1", n_boot=2)[0]},
+        {"family": "classification", "variant": "tpl", "task": "topic", "data": "full", "metric": "accuracy",
+         "mean": engine.seed_item_bootstrap((ids[..., 0] == ids[..., 1]).astype(float), n_boot=2)[0]}])
+    check = mtpf_runs.evaluate_module_check({("tpl", "toy", "full"): tags}, {("tpl", "topic"): preds}, tasks, results)
+    assert check["recomputed by"].tolist() == ["evaluate span_f1", "scikit-learn f1_score", "scikit-learn accuracy_score"]
+    assert check["recomputed"].tolist() == pytest.approx(results["mean"].tolist(), abs=1e-12)
+    with pytest.raises(IEError, match="tpl on topic \\(full data\\): scikit-learn f1_score gives macro-F1"):
+        mtpf_runs.evaluate_module_check({}, {("tpl", "topic"): preds}, tasks, results.assign(mean=results["mean"] + 0.01))
+
+
 def test_task_average_effect_weighs_tasks_equally_and_pairs_seeds():
     rng = np.random.default_rng(1)
     a = [rng.random((3, 40)), rng.random((3, 10)) + 0.5]

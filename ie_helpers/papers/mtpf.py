@@ -351,7 +351,8 @@ def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs,
     key = payload_key(payload)
     root = cache / f"{variant_name}-{key}"
     done = root / "done.json"
-    if not done.exists():
+    cached = done.exists()
+    if not cached:
         import time
 
         t0 = time.perf_counter()
@@ -361,7 +362,7 @@ def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs,
                 json.dumps({"variant": variant_name, "key": key, "family": family}), encoding="utf-8")
         done.write_text(json.dumps({"train_s": time.perf_counter() - t0, **result}), encoding="utf-8")
     info = json.loads(done.read_text(encoding="utf-8"))
-    return {f: str(root / f) for f in DOWNSTREAM[variant_name]}, {**info, "cached": done.stat().st_mtime > 0}
+    return {f: str(root / f) for f in DOWNSTREAM[variant_name]}, {**info, "cached": cached}
 
 
 # --------------------------------------------------------------------------- downstream
