@@ -291,4 +291,4 @@ def test_launch_names_the_papers_it_knows():
 
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", "nope"],
                           capture_output=True, text=True)
-    assert proc.returncode == 2 and "use one of etlch, finner, loraplus" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "use one of clinical, etlch, finner, loraplus, mtpf" in proc.stderr and "Traceback" not in proc.stderr

