@@ -238,8 +238,9 @@ def _tiny_random_llama_folder() -> Path:
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # the same weights every time, without resetting the caller's stream
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

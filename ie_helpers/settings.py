@@ -9,8 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ie_helpers.cpu_speed import cpu_has_native_bf16
+from ie_helpers.cpu_speed import RECOMPUTE_EAGER, cpu_has_native_bf16, register_recompute_eager_attention
 from ie_helpers.errors import IEError
+
+
+ATTENTION_CHOICES = ("auto", "eager", RECOMPUTE_EAGER, "sdpa", "flash_attention_2")
 
 
 @dataclass
@@ -44,13 +47,17 @@ class TrainSettings:
     # repeated: 2.92 s), so a small multiple wastes least; 8 also suits GPU tensor cores.
     pad_to_multiple_of: int = 8
     completion_head_only: bool = True  # LM head + loss only on completion tokens (same loss, less compute)
-    # "auto": transformers' eager attention on CPU (matmul + fp32 softmax: ~10% faster per training step
-    # than torch's CPU flash-attention kernel here), SDPA on GPU
+    # "auto": on CPU transformers' eager attention (matmul + fp32 softmax: ~10% faster per training step than
+    # torch's CPU flash-attention kernel here) with its probabilities recomputed in backward instead of stored
+    # ("eager_recompute": the same numbers in less memory); SDPA on GPU
     attn_implementation: str = "auto"
     # glibc on CPU: keep freed memory in the heap for the next step instead of unmapping every large tensor
     # and page-faulting it back (~20% of a step at 500 tokens). Process-wide once set; does not change results.
     reuse_heap: bool = True
     fast_dropout: bool = True  # on CPU, LoRA dropout masks from 16-bit slices of random words (see MaskDropout)
+    # on CPU, each LoRA branch as one autograd function that keeps x and a 1-byte keep mask for backward instead
+    # of peft's fp32 mask and dropped copy (needs fast_dropout's masks; gradients bit-identical, see cpu_speed)
+    fused_lora: bool = True
     snapshot_every: int = 0  # also save the adapter every k optimizer steps (convergence curves); 0 = off
     full_finetune: bool = False  # train every weight instead of a LoRA adapter
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -71,7 +78,7 @@ class TrainSettings:
     def validate(self) -> None:
         """Refuse values the training path cannot honour, naming the setting and what it accepts."""
         choices = {"precision": ("auto", "bf16", "fp32"), "frozen_weights": ("auto", "fp32"),
-                   "attn_implementation": ("auto", "eager", "sdpa", "flash_attention_2"),
+                   "attn_implementation": ATTENTION_CHOICES,
                    "lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                                     "polynomial", "inverse_sqrt")}
         for name, allowed in choices.items():
@@ -99,7 +106,7 @@ class TrainSettings:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
             raise IEError(f"training setting lora.loraplus_ratio={ratio!r} must be a positive number or null")
         for name in ("gradient_checkpointing", "group_by_length", "completion_head_only", "reuse_heap",
-                     "fast_dropout", "full_finetune"):
+                     "fast_dropout", "fused_lora", "full_finetune"):
             if not isinstance(getattr(self, name), bool):
                 raise IEError(f"training setting {name}={getattr(self, name)!r} must be true or false")
 
@@ -127,7 +134,9 @@ def resolve_attention(name: str) -> str:
     import torch
 
     if name == "auto":
-        return "sdpa" if torch.cuda.is_available() else "eager"
-    if name not in {"eager", "sdpa", "flash_attention_2"}:
-        raise IEError(f"unknown attn_implementation '{name}': use auto, eager, sdpa or flash_attention_2")
+        name = "sdpa" if torch.cuda.is_available() else RECOMPUTE_EAGER
+    if name not in ATTENTION_CHOICES[1:]:
+        raise IEError(f"unknown attn_implementation '{name}': use {', '.join(ATTENTION_CHOICES)}")
+    if name == RECOMPUTE_EAGER:
+        register_recompute_eager_attention()
     return name

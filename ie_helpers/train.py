@@ -9,8 +9,11 @@ arithmetic is done, not in what is learned: no gradient checkpointing, frozen ba
 stored in bf16 where the CPU has native bf16 (adapters stay fp32), length-grouped batches so
 little compute is spent on padding, the LM head evaluated only on completion tokens, LoRA
 dropout masks drawn from 16-bit slices of random words instead of one Bernoulli draw per
-element (same distribution, different random stream; see ``cpu_speed.mask_dropout_class``), transformers'
-eager attention on CPU, and glibc keeping freed memory for reuse (``reuse_freed_heap_memory``).
+element (same distribution, different random stream; see ``cpu_speed.mask_dropout_class``), each LoRA
+branch as one autograd function that keeps x and a 1-byte keep mask instead of an fp32 mask and a dropped
+copy (``cpu_speed.fuse_lora_layers``: bit-identical gradients), transformers' eager attention on CPU with
+its probabilities recomputed in backward (``eager_recompute``: the same numbers, half the memory at 512
+tokens), and glibc keeping freed memory for reuse (``reuse_freed_heap_memory``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ie_helpers import __version__
-from ie_helpers.cpu_speed import reuse_freed_heap_memory, use_mask_dropout
+from ie_helpers.cpu_speed import fuse_lora_layers, reuse_freed_heap_memory, use_mask_dropout
 from ie_helpers.errors import IEError
 from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
 from ie_helpers.settings import LoraSettings, TrainSettings, resolve_attention, resolve_precision
@@ -63,7 +66,8 @@ TRAINING_REVISION = 1
 # Settings added after runs were cached: left out of the key while at these defaults (which change nothing),
 # so adding a knob does not invalidate every finished run.
 KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0}
-NEVER_IN_KEY = {"reuse_heap"}  # how memory is allocated, not what is computed
+# how memory is allocated or what backward keeps, not what is computed (fused_lora: bit-identical gradients)
+NEVER_IN_KEY = {"reuse_heap", "fused_lora"}
 
 
 def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings) -> str:
@@ -282,6 +286,8 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
                          peft_config=peft_config, callbacks=callbacks)
     if settings.fast_dropout and not settings.full_finetune and not torch.cuda.is_available():
         use_mask_dropout(trainer.model)  # GPU dropout RNG is already cheap: keep nn.Dropout there
+        if settings.fused_lora:
+            fuse_lora_layers(trainer.model)
     if settings.lora.loraplus_ratio and not settings.full_finetune:
         from peft.optimizers import create_loraplus_optimizer
 
