@@ -8,13 +8,15 @@ One process, one run, three measurements on the same model and data:
    records, LoRA config and number of optimizer steps. The baseline mirrors what ``trl.SFTConfig()``
    defaults to in the installed version (bf16 autocast and gradient checkpointing, read at run time),
    random batch order, padding to the longest row, the stock SFTTrainer loss (head on every position) and
-   the base model loaded in fp32 (``frozen_weights="fp32"``); both go through ``train_sft``. ``--levers`` adds one run per lever: the baseline with that single change.
+   the base model loaded in fp32 (``frozen_weights="fp32"``); both go through ``train_sft``, each in a fresh
+   process (its own heap and peak memory). ``--levers`` adds one run per lever: the baseline with that single change.
    Both sides train exactly one epoch over ``steps × batch`` records, so both process the same non-padding
    tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable.
 2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
    returns it: fp32 with oneDNN-packed linear layers on CPU, bf16 on GPU) against ``generate_unbatched`` on
-   the stock model in the same dtype, on the same CoNLL04 test NER prompts, base model (no adapter), greedy.
-   ``greedy_match_rate`` is the share of prompts whose two output strings are identical; when it is low in
+   the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
+   rate per token does not depend on which prompts it runs), base model (no adapter), greedy.
+   ``greedy_match_rate`` is the share of those prompts whose two output strings are identical; when it is low in
    bf16 the fp32 rate on a subset is also measured, to tell bf16 rounding from a batching bug.
 3. **Fraction of peak.** Model FLOPs of the fast training run over the machine's peak (see ``flops_model``
    and ``peak_flops``); on CUDA the same number is reported as ``mfu``.
@@ -39,8 +41,10 @@ from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
                                 device_info, flops_model, measured_matmul_flops, model_dims, peak_flops)
 from ie_helpers.models import REPO_ROOT
 
-DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "max_new_tokens": 128, "encoder_steps": 24}
-QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "max_new_tokens": 16, "encoder_steps": 3}
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "unbatched_prompts": 16,
+            "max_new_tokens": 128, "encoder_steps": 24}
+QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "unbatched_prompts": 6, "max_new_tokens": 16,
+         "encoder_steps": 3}
 ENCODER = "all-minilm-l6-v2"
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         flops = flops_model(dims, tstats["completion_fraction"], tstats["mean_record_tokens"])
 
     train = bench_training(args.model, records, args.steps, levers=args.levers, timer=timer)
-    gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer,
+    gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer, unbatched=args.unbatched_prompts,
                            fp32_check_prompts=args.fp32_check_prompts, deadline=t0 + args.budget_s)
 
     from ie_helpers.bench_encoder import bench_encoder
@@ -177,11 +181,14 @@ def run(args: argparse.Namespace) -> dict:
         "Both sides run through train.train_sft; the baseline sets frozen_weights=fp32.",
         "tokens/s = non-padding tokens (prompt + completion, TRL's tokenization) of the one epoch over "
         "steps × batch records that both runs make, over trainer.train() wall time; both sides count the same "
-        "tokens. The baseline runs first (glibc heap reuse is process-wide once on, so it must come last), so "
-        "one-time costs such as kernel builds and the page cache are charged to the baseline.",
+        "tokens. Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
+        "heap reuse (process-wide once on) reaches no other run; the baseline runs first, so the page cache is "
+        "warmed at its cost.",
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
-        f"{gen['onednn_packed_layers']} oneDNN-packed linear layers) vs one prompt at a time on the stock model. "
-        f"greedy_match_rate is measured in {gen['dtype']}; "
+        f"{gen['onednn_packed_layers']} oneDNN-packed linear layers, all {gen['n_prompts']} prompts) vs one prompt "
+        f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw: one-at-a-time "
+        "decoding costs the same per token whichever prompts it runs, and all 48 would take ~7 minutes here). "
+        f"greedy_match_rate compares the two outputs of those prompts, in {gen['dtype']}; "
         "batched and unbatched greedy decoding use different matrix shapes, so low-precision rounding can "
         "flip a near-tie token and the rest of the output with it."
         + (f" fp32 check on {gen['fp32_check']['n_prompts']} prompts: {fp32_rate:.2f}." if fp32_rate is not None
@@ -194,9 +201,8 @@ def run(args: argparse.Namespace) -> dict:
         "wall time; the baseline runs first.",
     ]
     if train["levers"]:
-        notes.append("each lever is the baseline with one change, run after the baseline in the same process, so "
-                     "kernels built for shapes it shares with earlier runs are already cached; reuse_heap runs last "
-                     "(process-wide). Lever speedups are indicative; the headline train_speedup is the measured "
+        notes.append("each lever is the baseline with one change, in its own fresh process after the baseline. Lever "
+                     "speedups are indicative (levers interact); the headline train_speedup is the measured "
                      "comparison")
     if args.quick:
         notes.append("--quick run on a randomly initialised 2-layer model: a smoke test of the harness, "
@@ -294,6 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help=f"model to benchmark (default {DEFAULTS['model']})")
     p.add_argument("--steps", type=int, help=f"optimizer steps per training run (default {DEFAULTS['steps']})")
     p.add_argument("--gen-prompts", type=int, help=f"CoNLL04 test NER prompts (default {DEFAULTS['gen_prompts']})")
+    p.add_argument("--unbatched-prompts", type=int,
+                   help="of those, how many are also decoded one at a time for the baseline rate and the greedy "
+                        f"match (a seeded random draw; default {DEFAULTS['unbatched_prompts']})")
     p.add_argument("--max-new-tokens", type=int, help=f"default {DEFAULTS['max_new_tokens']}")
     p.add_argument("--encoder-steps", type=int,
                    help=f"optimizer steps of each encoder run ({ENCODER}, default {DEFAULTS['encoder_steps']})")
@@ -314,8 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if min(args.steps, args.gen_prompts, args.max_new_tokens, args.encoder_steps) < 1:
-        p.error("--steps, --gen-prompts, --max-new-tokens and --encoder-steps must be at least 1")
+    if min(args.steps, args.gen_prompts, args.unbatched_prompts, args.max_new_tokens, args.encoder_steps) < 1:
+        p.error("--steps, --gen-prompts, --unbatched-prompts, --max-new-tokens and --encoder-steps must be at least 1")
     return args
 
 

@@ -69,7 +69,9 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
                  "completion_head_only": "LM head + loss on completion tokens only",
                  "attn_implementation": "attention kernel (transformers' attn_implementation)",
                  "reuse_heap": "glibc keeps freed memory in the heap (no mmap/munmap per large tensor)",
-                 "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)"}
+                 "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)",
+                 "fused_lora": "LoRA branch and SiLU gate as autograd functions that recompute instead of storing "
+                               "(with MaskDropout, which they need)"}
     for f in dataclasses.fields(fast):
         a, b = getattr(fast, f.name), getattr(baseline, f.name)
         if f.name == "precision":
@@ -82,52 +84,66 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
             a, b = resolve_attention(a), resolve_attention(b)
         if a != b:
             weights = fast_weights if f.name == "frozen_weights" else "float32"
-            levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", {f.name: a}, weights))
+            change = {f.name: a, **({"fast_dropout": True} if f.name == "fused_lora" else {})}
+            levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", change, weights))
     return levers
 
 
+def _train_one(model_name: str, records: list[dict], settings, precision: str, weights: str) -> dict:
+    """One training run with its own peak memory; meant to run in a fresh process (``_in_fresh_process``)."""
+    from ie_helpers.train import train_sft
+
+    with PeakMemory() as mem:
+        result = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
+    shutil.rmtree(result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
+    return {**_run_summary(result, precision, weights), **mem.as_dict()}
+
+
+def _in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new Python process: each training path gets its own heap (glibc heap reuse is
+    process-wide once on) and its own peak resident memory, whatever ran before it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer) -> dict:
-    from ie_helpers.train import TrainSettings, resolve_precision, train_sft
+    from ie_helpers.train import TrainSettings, resolve_precision
 
     trl = trl_defaults()
     fast = TrainSettings(max_steps=steps, epochs=1.0, batch_size=BATCH_SIZE)
     baseline = dataclasses.replace(
         fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
         group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32",
-        fast_dropout=False, attn_implementation="sdpa", reuse_heap=False)
+        fast_dropout=False, fused_lora=False, attn_implementation="sdpa", reuse_heap=False)
     fast_precision = resolve_precision(fast.precision)
     fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
 
-    # Order: baseline, then each lever, then the fast path. glibc heap reuse (reuse_heap) is process-wide once
-    # switched on and cannot be switched back to glibc's pristine dynamic thresholds, so every run before the
-    # fast path keeps the default allocator and the heap-reuse lever runs last. One-time costs (kernel builds,
-    # page cache) therefore land on the baseline; the notes say so.
-    _log("training: plain-TRL-defaults baseline")
-    with timer.stage("train_baseline"), PeakMemory() as mem:
-        base_result = train_sft(model_name, records, baseline, use_cache=False, log=lambda m: _log(m.strip()))
-    shutil.rmtree(base_result.run_dir, ignore_errors=True)
-    base_run = {**_run_summary(base_result, resolve_precision(baseline.precision), "float32"), **mem.as_dict()}
+    # Every run in its own fresh process: order does not matter for the heap, and each peak is its own. The
+    # baseline still runs first, so one-time costs outside the process (the page cache) are charged to it.
+    _log("training: plain-TRL-defaults baseline (fresh process)")
+    with timer.stage("train_baseline"):
+        base_run = _in_fresh_process(_train_one, model_name, records, baseline,
+                                     resolve_precision(baseline.precision), "float32")
     lever_runs = []
     if levers:
-        ordered = sorted(lever_list(fast, baseline, fast_weights), key=lambda lv: lv[0].startswith("reuse_heap"))
-        for name, desc, change, weights in ordered:
+        for name, desc, change, weights in lever_list(fast, baseline, fast_weights):
             _log(f"lever {name}: {desc}")
             settings = dataclasses.replace(baseline, **change)
-            with timer.stage(f"lever:{name}"), PeakMemory() as mem:
-                r = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
-            shutil.rmtree(r.run_dir, ignore_errors=True)
-            run = {**_run_summary(r, resolve_precision(settings.precision), weights), **mem.as_dict()}
+            with timer.stage(f"lever:{name}"):
+                run = _in_fresh_process(_train_one, model_name, records, settings,
+                                        resolve_precision(settings.precision), weights)
             lever_runs.append({
                 "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
                 "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],
                 "final_loss": run["final_loss"], "mean_loss": run["mean_loss"],
                 "loss_curve_max_abs_diff_vs_baseline": _curve_diff(run["losses"], base_run["losses"]),
                 "losses": run["losses"], "peak_rss_gb": run["peak_rss_gb"], "cuda_peak_gb": run["cuda_peak_gb"]})
-    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE}")
-    with timer.stage("train_fast"), PeakMemory() as mem:
-        fast_result = train_sft(model_name, records, fast, use_cache=False, log=lambda m: _log(m.strip()))
-    shutil.rmtree(fast_result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
-    fast_run = {**_run_summary(fast_result, fast_precision, fast_weights), **mem.as_dict()}
+    _log(f"training: project fast path via train_sft, {steps} steps × batch {BATCH_SIZE} (fresh process)")
+    with timer.stage("train_fast"):
+        fast_run = _in_fresh_process(_train_one, model_name, records, fast, fast_precision, fast_weights)
     out = {
         "fast": {**fast_run, "settings": dataclasses.asdict(fast), "path": "ie_helpers.train.train_sft"},
         "baseline": {**base_run, "settings": dataclasses.asdict(baseline),
@@ -148,7 +164,19 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
 # --------------------------------------------------------------------------- generation
 
 
-def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int) -> dict:
+def unbatched_sample(n_prompts: int, k: int | None) -> list[int]:
+    """Indices of the prompts also decoded one at a time: all of them, or ``k`` in a seeded random draw (sorted)."""
+    import random
+
+    if k is None or k >= n_prompts:
+        return list(range(n_prompts))
+    return sorted(random.Random(0).sample(range(n_prompts), k))
+
+
+def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, unbatched: int | None = None) -> dict:
+    """Batched decoding of every prompt against one-at-a-time decoding of ``unbatched`` of them (all if None):
+    one-at-a-time decoding costs the same per token whichever prompts it runs, so a random subset measures its
+    rate at a fraction of the time; the greedy match is checked on that subset."""
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
     for m in (model, baseline_model):  # warm-up
@@ -156,18 +184,21 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int) ->
     batched_stats, single_stats = GenerationStats(), GenerationStats()
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
                        progress=False, stats=batched_stats)
-    single = generate_unbatched(baseline_model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+    chosen = unbatched_sample(len(prompts), unbatched)
+    single = generate_unbatched(baseline_model, tokenizer, [prompts[i] for i in chosen], max_new_tokens=max_new_tokens,
                                 stats=single_stats)
+    batched = [batched[i] for i in chosen]
     matches = [a == b for a, b in zip(batched, single)]
     return {"tokens_per_s": batched_stats.new_tokens_per_s, "baseline_tokens_per_s": single_stats.new_tokens_per_s,
             "new_tokens": batched_stats.new_tokens, "baseline_new_tokens": single_stats.new_tokens,
             "seconds": batched_stats.seconds, "baseline_seconds": single_stats.seconds,
             "match_rate": sum(matches) / len(matches) if matches else float("nan"),
-            "n_prompts": len(prompts), "mismatched_prompts": [i for i, m in enumerate(matches) if not m],
+            "n_prompts": len(prompts), "unbatched_prompts": chosen,
+            "mismatched_prompts": [i for i, m in zip(chosen, matches) if not m],
             "examples": [{"batched": a, "unbatched": b} for a, b in list(zip(batched, single))[:3]]}
 
 
-def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, timer,
+def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, timer, unbatched: int | None = None,
                      fp32_check_prompts: int = FP32_CHECK_PROMPTS, deadline: float = math.inf) -> dict:
     """Batched vs unbatched generation; the optional fp32 check is skipped if it would run past ``deadline``."""
     import torch
@@ -185,14 +216,15 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
         packed = sum(type(m).__name__ == "OneDNNLinear" for m in model.modules())
         _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
              f"batched (batch {GEN_BATCH_SIZE}, {packed} oneDNN-packed linear layers) vs unbatched stock model")
-        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens)
+        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens, unbatched)
         del model, baseline_model
     out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
            "onednn_packed_layers": packed, **main,
            "headline_dtype": dtype, "fp32_check": None, **mem.as_dict()}
     subset = prompts[:fp32_check_prompts]
     # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load
-    estimate = 2.0 * (main["seconds"] + main["baseline_seconds"]) * len(subset) / max(len(prompts), 1) + 10
+    estimate = 2.0 * (main["seconds"] / max(len(prompts), 1) + main["baseline_seconds"]
+                      / max(len(main["unbatched_prompts"]), 1)) * len(subset) + 10
     out["fp32_check_estimated_s"] = estimate
     if dtype != "float32" and main["match_rate"] < MATCH_RATE_LOW and subset and \
             time.perf_counter() + estimate > deadline:

@@ -2,8 +2,10 @@
 
 - ``reuse_freed_heap_memory``: glibc keeps freed memory for the next step instead of unmapping it.
 - ``mask_dropout_class`` / ``use_mask_dropout``: LoRA dropout masks from 16-bit slices of random words.
-- ``fuse_lora_layers``: the LoRA branch as one autograd function that keeps x and a 1-byte keep mask for backward.
+- ``fuse_lora_layers``: the LoRA branch as one autograd function; backward redraws the dropout mask.
 - ``RECOMPUTE_EAGER``: eager attention whose probabilities are recomputed in backward instead of stored.
+- ``fuse_gated_mlps``: SiLU-gated MLPs that recompute silu(gate) in backward.
+- ``head_nll_sum``: the LM head's loss on completion tokens in row chunks, logits recomputed in backward.
 - ``onednn_linear_class`` / ``pack_linear_layers``: fp32 linear layers pre-packed for oneDNN (inference).
 - ``cpu_has_native_bf16``: whether bf16 arithmetic is native here (AVX-512 BF16 or AMX).
 GPU runs use none of them.
@@ -56,10 +58,10 @@ def reuse_freed_heap_memory() -> bool:
     return _HEAP_REUSED
 
 
-def keep_mask(shape, drop_count: int, device) -> torch.Tensor:
+def keep_mask(shape, drop_count: int, device, generator=None) -> torch.Tensor:
     """Dropout keep mask (True = kept) from 16-bit slices of 64-bit random words; P(drop) = drop_count / 65536."""
     n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, None, generator=generator)
     return words.view(torch.int16)[:n].view(shape) >= -32768 + drop_count
 
 
@@ -115,27 +117,35 @@ def use_mask_dropout(model) -> int:
 
 
 class _LoraBranch(torch.autograd.Function):
-    """``scaling * B(A(dropout(x)))`` keeping only x, the 1-byte keep mask and A's r-wide output for backward.
+    """``scaling * B(A(dropout(x)))`` keeping only x, the random generator's state and A's r-wide output.
 
     peft's LoRA branch casts x to the adapter's fp32 dtype, multiplies it by an fp32 dropout mask and lets
     autocast cast the product back to bf16 for A: backward then holds an fp32 mask and a bf16 copy of the
-    dropped input per adapted layer. Here the dropped input is recomputed from x and the keep mask. Every
+    dropped input per adapted layer. Here backward redraws the keep mask from the generator state it was
+    drawn from (5 KB per layer instead of a byte per element) and recomputes the dropped input. Every
     product is rounded exactly as on peft's path (bf16 times a Python scalar computes in fp32 and rounds
     once, like the fp32 multiply followed by the cast), so only the order of summing x's gradients differs.
     """
 
     @staticmethod
-    def forward(ctx, x, weight_a, weight_b, keep, drop_scale: float, scaling: float, dtype):
+    def forward(ctx, x, weight_a, weight_b, rng_state, drop_count: int, scaling: float, dtype):
         a, b = weight_a.to(dtype), weight_b.to(dtype)
-        dropped = _dropped(x.to(dtype), keep, drop_scale).reshape(-1, x.shape[-1])
+        keep = keep_mask(x.shape, drop_count, x.device) if drop_count else None
+        dropped = _dropped(x.to(dtype), keep, _drop_scale(drop_count)).reshape(-1, x.shape[-1])
         h = dropped @ a.t()
-        ctx.save_for_backward(x, keep, h, weight_a, weight_b)
-        ctx.drop_scale, ctx.scaling, ctx.dtype = drop_scale, scaling, dtype
+        ctx.save_for_backward(x, rng_state, h, weight_a, weight_b)
+        ctx.drop_count, ctx.scaling, ctx.dtype = drop_count, scaling, dtype
         return ((h @ b.t()) * scaling).view(*x.shape[:-1], b.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        x, keep, h, weight_a, weight_b = ctx.saved_tensors
+        x, rng_state, h, weight_a, weight_b = ctx.saved_tensors
+        keep = None
+        if ctx.drop_count:
+            generator = torch.Generator(device=x.device)
+            generator.set_state(rng_state)
+            keep = keep_mask(x.shape, ctx.drop_count, x.device, generator)
+        ctx.drop_scale = _drop_scale(ctx.drop_count)
         a, b = weight_a.to(ctx.dtype), weight_b.to(ctx.dtype)
         grad_out = (grad.reshape(-1, b.shape[0]).to(ctx.dtype)) * ctx.scaling
         grad_h = grad_out @ b
@@ -144,6 +154,10 @@ class _LoraBranch(torch.autograd.Function):
         grad_b = (grad_out.t() @ h).to(weight_b.dtype)
         grad_x = _dropped((grad_h @ a).view(*x.shape[:-1], a.shape[1]), keep, ctx.drop_scale).to(x.dtype)
         return grad_x, grad_a, grad_b, None, None, None, None
+
+
+def _drop_scale(drop_count: int) -> float:
+    return 1.0 / (1.0 - drop_count / 65536)
 
 
 def _dropped(x, keep, drop_scale: float):
@@ -164,9 +178,8 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     result = self.base_layer(x)
     weight_a, weight_b = self.lora_A[name].weight, self.lora_B[name].weight
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight_a.dtype
-    keep = keep_mask(x.shape, drop_count, x.device) if drop_count else None
-    drop_scale = 1.0 / (1.0 - drop_count / 65536)
-    branch = _LoraBranch.apply(x, weight_a, weight_b, keep, drop_scale, self.scaling[name], dtype)
+    rng_state = torch.get_rng_state() if drop_count else None  # the mask is drawn in forward from this state
+    branch = _LoraBranch.apply(x, weight_a, weight_b, rng_state, drop_count, self.scaling[name], dtype)
     return (result + branch).to(result.dtype)
 
 
@@ -188,6 +201,104 @@ def fuse_lora_layers(model) -> int:
                 module.forward = types.MethodType(_fused_lora_forward, module)
                 fused += 1
     return fused
+
+
+class _SiluMul(torch.autograd.Function):
+    """``silu(gate) * up`` that keeps gate and up for backward and recomputes silu(gate) (same operations)."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return torch.nn.functional.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad * up, gate), grad * torch.nn.functional.silu(gate)
+
+
+GATED_SILU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}  # down(silu(gate(x)) * up(x)), no extras
+
+
+def _gated_mlp_forward(self, x):
+    if not (self.training and torch.is_grad_enabled()):
+        return type(self).forward(self, x)
+    gate = self.gate_proj(x)  # before up_proj, as in the model's own forward: LoRA masks are drawn in this order
+    return self.down_proj(_SiluMul.apply(gate, self.up_proj(x)))
+
+
+def fuse_gated_mlps(model) -> int:
+    """Let the SiLU-gated MLPs of ``model`` (``GATED_SILU_MLPS``) recompute silu(gate) in backward; returns how many.
+
+    Saves one intermediate-width activation per token and layer (3 KB for SmolLM2) with unchanged gradients.
+    """
+    import types
+
+    from transformers.activations import SiLUActivation
+
+    fused = 0
+    for module in model.modules():
+        if (type(module).__name__ in GATED_SILU_MLPS and "forward" not in vars(module)
+                and isinstance(getattr(module, "act_fn", None), (SiLUActivation, torch.nn.SiLU))):
+            module.forward = types.MethodType(_gated_mlp_forward, module)
+            fused += 1
+    return fused
+
+
+HEAD_CHUNK_ROWS = 128  # 128 x 49k-word fp32 logits = 25 MB per chunk
+
+
+class _ChunkedHeadNLL(torch.autograd.Function):
+    """Summed token NLL of a frozen LM head, ``HEAD_CHUNK_ROWS`` rows at a time; logits recomputed in backward.
+
+    Unchunked, the head's bf16 logits, their fp32 copy and the log-softmax output of every completion token
+    (~0.2 GB each at 1,000 tokens and 49k words) are alive at the step's memory peak, between forward and
+    backward. Here only the hidden states are kept. Each row's logits, log-softmax and gradient come from the
+    same operations as unchunked, so gradients are unchanged; only the loss sum's order of addition differs.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        device = hidden.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(hidden, weight, targets)
+        total, correct = hidden.new_zeros((), dtype=torch.float32), targets.new_zeros(())
+        for rows in _row_chunks(hidden.shape[0]):
+            logits = torch.nn.functional.linear(hidden[rows], weight).float()
+            total += torch.nn.functional.cross_entropy(logits, targets[rows], reduction="sum")
+            correct += (logits.argmax(-1) == targets[rows]).sum()
+        ctx.mark_non_differentiable(correct)
+        return total, correct
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_correct):
+        hidden, weight, targets = ctx.saved_tensors
+        enabled, dtype = ctx.autocast
+        grad_hidden = torch.empty_like(hidden)
+        for rows in _row_chunks(hidden.shape[0]):
+            h = hidden[rows].detach().requires_grad_()
+            with torch.enable_grad(), torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled):
+                logits = torch.nn.functional.linear(h, weight).float()
+                nll = torch.nn.functional.cross_entropy(logits, targets[rows], reduction="sum")
+            (grad_hidden[rows],) = torch.autograd.grad(nll, h, grad_total)
+        return grad_hidden, None, None
+
+
+def _row_chunks(n: int):
+    return [slice(start, start + HEAD_CHUNK_ROWS) for start in range(0, n, HEAD_CHUNK_ROWS)]
+
+
+def head_nll_sum(hidden, head, targets):
+    """(summed token NLL, number of tokens whose argmax is the target) of ``head`` on ``hidden`` rows.
+
+    Chunked (``_ChunkedHeadNLL``) for a frozen bias-free linear head, as in LoRA; in one piece otherwise.
+    """
+    if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+        return _ChunkedHeadNLL.apply(hidden, head.weight, targets)
+    logits = head(hidden).float()
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == targets).sum()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), correct
 
 
 RECOMPUTE_EAGER = "eager_recompute"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ie_helpers import __version__
-from ie_helpers.cpu_speed import fuse_lora_layers, reuse_freed_heap_memory, use_mask_dropout
+from ie_helpers.cpu_speed import fuse_gated_mlps, fuse_lora_layers, head_nll_sum, reuse_freed_heap_memory, use_mask_dropout
 from ie_helpers.errors import IEError
 from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
 from ie_helpers.settings import LoraSettings, TrainSettings, resolve_attention, resolve_precision
@@ -97,7 +97,6 @@ def _completion_head_trainer_class():
     through the head: the same loss (sum of token NLL / number of completion tokens), fewer FLOPs.
     """
     import torch
-    import torch.nn.functional as F
     from trl import SFTTrainer
 
     class CompletionHeadSFTTrainer(SFTTrainer):
@@ -111,15 +110,14 @@ def _completion_head_trainer_class():
             hidden = backbone(**kwargs, use_cache=False).last_hidden_state[:, :-1]
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
             targets = labels[mask]
+            nll_sum, correct = head_nll_sum(hidden[mask], causal_lm.get_output_embeddings(), targets)
             num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = F.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
+            loss = nll_sum / torch.as_tensor(num_tokens).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             mode = "train" if model.training else "eval"
             with torch.no_grad():
-                correct = (logits.argmax(-1) == targets).sum()
                 n_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
                 n_correct = self.accelerator.gather_for_metrics(correct).sum()
                 self._metrics[mode]["mean_token_accuracy"].append((n_correct / n_valid.clamp(min=1)).item())
@@ -288,6 +286,7 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
         use_mask_dropout(trainer.model)  # GPU dropout RNG is already cheap: keep nn.Dropout there
         if settings.fused_lora:
             fuse_lora_layers(trainer.model)
+            fuse_gated_mlps(trainer.model)
     if settings.lora.loraplus_ratio and not settings.full_finetune:
         from peft.optimizers import create_loraplus_optimizer
 

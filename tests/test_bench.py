@@ -64,8 +64,9 @@ def test_quick_bench_writes_complete_report(tmp_path):
     assert report["loss_curve_max_abs_diff"] == pytest.approx(
         max(abs(a - b) for a, b in zip(report["loss_curve_fast"], report["loss_curve_baseline"])))
     assert set(report["stage_seconds"]) >= {"train_fast"} and report["library_versions"]["torch"]
-    # the baseline runs first (heap reuse is process-wide), the fast path last
+    # the baseline runs first, the fast path last, each in its own process
     assert report["training"]["run_order"][0] == "baseline" and report["training"]["run_order"][-1] == "fast"
+    assert report["generation"]["unbatched_prompts"] == list(range(6))  # --quick decodes all 6 both ways
 
     html = (tmp_path / "summary.html").read_text()
     assert "data:image/png;base64," in html and "train speedup" in html
@@ -85,3 +86,18 @@ def test_peak_memory_sampler_sees_a_short_lived_allocation():
         time.sleep(0.05)
         del block
     assert busy.peak_rss_gb >= idle.peak_rss_gb + 0.3
+
+
+def test_unbatched_subset_is_a_fixed_random_draw():
+    from ie_helpers.bench_decoder import unbatched_sample
+
+    draw = unbatched_sample(48, 16)
+    assert draw == unbatched_sample(48, 16) and draw == sorted(set(draw)) and len(draw) == 16
+    assert draw != list(range(16)) and all(0 <= i < 48 for i in draw)  # not just the first (shortest) prompts
+    assert unbatched_sample(6, 16) == unbatched_sample(6, None) == list(range(6))
+
+
+def test_each_training_path_runs_in_a_fresh_process():
+    from ie_helpers.bench_decoder import _in_fresh_process
+
+    assert _in_fresh_process(os.getpid) != os.getpid()
