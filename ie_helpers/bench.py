@@ -238,6 +238,7 @@ def run(args: argparse.Namespace) -> dict:
         "measured_matmul_flops": peak["measured_matmul_flops"],
         "device": dev["device"],
         "device_type": dev["device_type"],
+        "cpu_family": dev.get("cpu_family"),
         "torch_threads": dev["torch_threads"],
         "cpu_cores": dev.get("cpu_cores"),
         "precision": fast["precision"],

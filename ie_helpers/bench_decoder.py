@@ -70,8 +70,8 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
                  "attn_implementation": "attention kernel (transformers' attn_implementation)",
                  "reuse_heap": "glibc keeps freed memory in the heap (no mmap/munmap per large tensor)",
                  "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)",
-                 "fused_lora": "LoRA branch and SiLU gate as autograd functions that recompute instead of storing "
-                               "(with MaskDropout, which they need)"}
+                 "lean_backward": "LoRA branch, SiLU gate and RMS norms recompute in backward instead of storing "
+                                  "(with MaskDropout, which the LoRA branch needs)"}
     for f in dataclasses.fields(fast):
         a, b = getattr(fast, f.name), getattr(baseline, f.name)
         if f.name == "precision":
@@ -84,7 +84,7 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
             a, b = resolve_attention(a), resolve_attention(b)
         if a != b:
             weights = fast_weights if f.name == "frozen_weights" else "float32"
-            change = {f.name: a, **({"fast_dropout": True} if f.name == "fused_lora" else {})}
+            change = {f.name: a, **({"fast_dropout": True} if f.name == "lean_backward" else {})}
             levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", change, weights))
     return levers
 
@@ -117,7 +117,7 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     baseline = dataclasses.replace(
         fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
         group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32",
-        fast_dropout=False, fused_lora=False, attn_implementation="sdpa", reuse_heap=False)
+        fast_dropout=False, lean_backward=False, attn_implementation="sdpa", reuse_heap=False)
     fast_precision = resolve_precision(fast.precision)
     fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
 

@@ -4,10 +4,11 @@
 - ``mask_dropout_class`` / ``use_mask_dropout``: LoRA dropout masks from 16-bit slices of random words.
 - ``fuse_lora_layers``: the LoRA branch as one autograd function; backward redraws the dropout mask.
 - ``RECOMPUTE_EAGER``: eager attention whose probabilities are recomputed in backward instead of stored.
-- ``fuse_gated_mlps``: SiLU-gated MLPs that recompute silu(gate) in backward.
+- ``fuse_gated_mlps`` / ``recompute_rms_norms``: SiLU gates and RMS norms that recompute in backward.
 - ``head_nll_sum``: the LM head's loss on completion tokens in row chunks, logits recomputed in backward.
 - ``onednn_linear_class`` / ``pack_linear_layers``: fp32 linear layers pre-packed for oneDNN (inference).
-- ``cpu_has_native_bf16``: whether bf16 arithmetic is native here (AVX-512 BF16 or AMX).
+- ``cpu_has_native_bf16`` / ``cpu_family``: whether bf16 arithmetic is native here (AVX-512 BF16 or AMX), and which
+  family of matrix arithmetic the CPU has.
 GPU runs use none of them.
 """
 
@@ -22,12 +23,29 @@ import torch
 from ie_helpers.errors import IEError
 
 
-def cpu_has_native_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_family() -> str:
+    """The CPU's matrix-arithmetic family, as the training defaults were measured on: ``amx-bf16`` (Intel
+    Sapphire Rapids and later), ``avx512-bf16`` (AMD Zen 4/5, Intel Cooper Lake), ``avx512``, ``avx2`` or
+    ``other``. Every default of the fast path was measured on ``avx512-bf16``; each lever is a training
+    setting (``TrainSettings``), so a recipe can force another choice."""
+    flags = _cpu_flags()
+    for family, needed in (("amx-bf16", "amx_bf16"), ("avx512-bf16", "avx512_bf16"), ("avx512", "avx512f"),
+                           ("avx2", "avx2")):
+        if needed in flags:
+            return family
+    return "other"
 
 
 _HEAP_REUSED = False
@@ -241,6 +259,33 @@ def fuse_gated_mlps(model) -> int:
         if (type(module).__name__ in GATED_SILU_MLPS and "forward" not in vars(module)
                 and isinstance(getattr(module, "act_fn", None), (SiLUActivation, torch.nn.SiLU))):
             module.forward = types.MethodType(_gated_mlp_forward, module)
+            fused += 1
+    return fused
+
+
+RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+
+
+def _recomputed_norm_forward(self, x):
+    if not (self.training and torch.is_grad_enabled()):
+        return type(self).forward(self, x)
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(type(self).forward, self, x, use_reentrant=False, preserve_rng_state=False)
+
+
+def recompute_rms_norms(model) -> int:
+    """Let the RMS norms of ``model`` (``RMS_NORMS``) keep only their bf16 input for backward; returns how many.
+
+    transformers' RMSNorm keeps an fp32 copy of its input (2.3 KB per token for SmolLM2); a non-reentrant
+    checkpoint around the same forward keeps the bf16 input instead and reruns the norm in backward: the same
+    operations, so the same gradients."""
+    import types
+
+    fused = 0
+    for module in model.modules():
+        if type(module).__name__ in RMS_NORMS and "forward" not in vars(module):
+            module.forward = types.MethodType(_recomputed_norm_forward, module)
             fused += 1
     return fused
 

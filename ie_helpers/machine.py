@@ -171,7 +171,9 @@ def device_info() -> dict:
     if torch.cuda.is_available():
         return {"device": torch.cuda.get_device_name(0), "device_type": "cuda",
                 "torch_threads": torch.get_num_threads()}
-    return {"device": cpu_name(), "device_type": "cpu", "cpu_cores": cpu_cores(),
+    from ie_helpers.cpu_speed import cpu_family
+
+    return {"device": cpu_name(), "device_type": "cpu", "cpu_family": cpu_family(), "cpu_cores": cpu_cores(),
             "torch_threads": torch.get_num_threads()}
 
 

@@ -55,9 +55,9 @@ class TrainSettings:
     # and page-faulting it back (~20% of a step at 500 tokens). Process-wide once set; does not change results.
     reuse_heap: bool = True
     fast_dropout: bool = True  # on CPU, LoRA dropout masks from 16-bit slices of random words (see MaskDropout)
-    # on CPU, each LoRA branch as one autograd function that keeps x and a 1-byte keep mask for backward instead
-    # of peft's fp32 mask and dropped copy (needs fast_dropout's masks; gradients bit-identical, see cpu_speed)
-    fused_lora: bool = True
+    # on CPU, backward keeps less and recomputes the rest, with bit-identical gradients (see cpu_speed): each LoRA
+    # branch redraws its dropout mask (needs fast_dropout's masks), SiLU gates and RMS norms keep only their inputs
+    lean_backward: bool = True
     snapshot_every: int = 0  # also save the adapter every k optimizer steps (convergence curves); 0 = off
     full_finetune: bool = False  # train every weight instead of a LoRA adapter
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -106,7 +106,7 @@ class TrainSettings:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
             raise IEError(f"training setting lora.loraplus_ratio={ratio!r} must be a positive number or null")
         for name in ("gradient_checkpointing", "group_by_length", "completion_head_only", "reuse_heap",
-                     "fast_dropout", "fused_lora", "full_finetune"):
+                     "fast_dropout", "lean_backward", "full_finetune"):
             if not isinstance(getattr(self, name), bool):
                 raise IEError(f"training setting {name}={getattr(self, name)!r} must be true or false")
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ie_helpers import __version__
-from ie_helpers.cpu_speed import fuse_gated_mlps, fuse_lora_layers, head_nll_sum, reuse_freed_heap_memory, use_mask_dropout
+from ie_helpers.cpu_speed import (fuse_gated_mlps, fuse_lora_layers, head_nll_sum, recompute_rms_norms,
+                                  reuse_freed_heap_memory, use_mask_dropout)
 from ie_helpers.errors import IEError
 from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
 from ie_helpers.settings import LoraSettings, TrainSettings, resolve_attention, resolve_precision
@@ -66,8 +67,8 @@ TRAINING_REVISION = 1
 # Settings added after runs were cached: left out of the key while at these defaults (which change nothing),
 # so adding a knob does not invalidate every finished run.
 KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0}
-# how memory is allocated or what backward keeps, not what is computed (fused_lora: bit-identical gradients)
-NEVER_IN_KEY = {"reuse_heap", "fused_lora"}
+# how memory is allocated or what backward keeps, not what is computed (lean_backward: bit-identical gradients)
+NEVER_IN_KEY = {"reuse_heap", "lean_backward"}
 
 
 def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings) -> str:
@@ -284,9 +285,10 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
                          peft_config=peft_config, callbacks=callbacks)
     if settings.fast_dropout and not settings.full_finetune and not torch.cuda.is_available():
         use_mask_dropout(trainer.model)  # GPU dropout RNG is already cheap: keep nn.Dropout there
-        if settings.fused_lora:
+        if settings.lean_backward:
             fuse_lora_layers(trainer.model)
             fuse_gated_mlps(trainer.model)
+            recompute_rms_norms(trainer.model)
     if settings.lora.loraplus_ratio and not settings.full_finetune:
         from peft.optimizers import create_loraplus_optimizer
 

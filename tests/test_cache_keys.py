@@ -22,11 +22,11 @@ OTHER_VALUE = {
     "weight_decay": 0.01, "warmup_ratio": 0.1, "lr_scheduler": "cosine", "max_length": 256, "seed": 1,
     "precision": "fp32", "frozen_weights": "fp32", "gradient_checkpointing": True, "group_by_length": False,
     "pad_to_multiple_of": 64, "completion_head_only": False, "attn_implementation": "sdpa", "reuse_heap": False,
-    "fast_dropout": False, "fused_lora": False, "snapshot_every": 5, "full_finetune": True,
+    "fast_dropout": False, "lean_backward": False, "snapshot_every": 5, "full_finetune": True,
     "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.2, "lora.target_modules": ["q_proj", "v_proj"],
     "lora.loraplus_ratio": 16.0,
 }
-NOT_IN_KEY = {"reuse_heap", "fused_lora"}  # how memory is allocated or kept for backward, not what is computed
+NOT_IN_KEY = {"reuse_heap", "lean_backward"}  # how memory is allocated or kept for backward, not what is computed
 
 
 def _leaf_names(cls, prefix: str = "") -> list[str]:

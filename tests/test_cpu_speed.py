@@ -131,9 +131,10 @@ def test_chunked_head_loss_has_unchunked_gradients(autocast):
     assert loss == pytest.approx(loss_ref, rel=1e-6)
 
 
-def test_gated_mlp_recomputing_silu_gives_bit_identical_gradients_and_keeps_less():
+def test_recomputing_silu_gates_and_rms_norms_gives_bit_identical_gradients_and_keeps_less():
     reference, fused = _lora_model("eager"), _lora_model("eager")
     assert cpu_speed.fuse_gated_mlps(fused) == 2 and cpu_speed.fuse_gated_mlps(fused) == 0
+    assert cpu_speed.recompute_rms_norms(fused) == 5 and cpu_speed.recompute_rms_norms(fused) == 0  # 2 per layer + final
     assert cpu_speed.fuse_lora_layers(fused) == 14
     loss_ref, grads_ref = _loss_and_grads(reference)
     loss, grads = _loss_and_grads(fused)
@@ -141,3 +142,15 @@ def test_gated_mlp_recomputing_silu_gives_bit_identical_gradients_and_keeps_less
     lora_only = _lora_model("eager")
     cpu_speed.fuse_lora_layers(lora_only)
     assert _saved_bytes_per_token(fused) < _saved_bytes_per_token(lora_only)
+
+
+@pytest.mark.parametrize("flags, family, native_bf16", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, "amx-bf16", True),
+    ({"avx2", "avx512f", "avx512_bf16"}, "avx512-bf16", True),
+    ({"avx2", "avx512f"}, "avx512", False),
+    ({"avx2", "fma"}, "avx2", False),
+    (set(), "other", False),
+])
+def test_cpu_family_follows_the_flags(monkeypatch, flags, family, native_bf16):
+    monkeypatch.setattr(cpu_speed, "_cpu_flags", lambda: flags)
+    assert cpu_speed.cpu_family() == family and cpu_speed.cpu_has_native_bf16() is native_bf16
