@@ -41,7 +41,7 @@ from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
                                 device_info, flops_model, measured_matmul_flops, model_dims, peak_flops)
 from ie_helpers.models import REPO_ROOT
 
-DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "unbatched_prompts": 16,
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "unbatched_prompts": 10,
             "max_new_tokens": 128, "encoder_steps": 24}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "unbatched_prompts": 6, "max_new_tokens": 16,
          "encoder_steps": 3}
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
         f"{gen['onednn_packed_layers']} oneDNN-packed linear layers, all {gen['n_prompts']} prompts) vs one prompt "
         f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw: one-at-a-time "
-        "decoding costs the same per token whichever prompts it runs, and all 48 would take ~7 minutes here). "
+        "decoding costs the same per token whichever prompts it runs, and all 48 would take ~7 minutes on 2 cores). "
         f"greedy_match_rate compares the two outputs of those prompts, in {gen['dtype']}; "
         "batched and unbatched greedy decoding use different matrix shapes, so low-precision rounding can "
         "flip a near-tie token and the rest of the output with it."

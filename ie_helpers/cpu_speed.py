@@ -163,14 +163,14 @@ class _LoraBranch(torch.autograd.Function):
             generator = torch.Generator(device=x.device)
             generator.set_state(rng_state)
             keep = keep_mask(x.shape, ctx.drop_count, x.device, generator)
-        ctx.drop_scale = _drop_scale(ctx.drop_count)
+        drop_scale = _drop_scale(ctx.drop_count)
         a, b = weight_a.to(ctx.dtype), weight_b.to(ctx.dtype)
         grad_out = (grad.reshape(-1, b.shape[0]).to(ctx.dtype)) * ctx.scaling
         grad_h = grad_out @ b
-        dropped = _dropped(x.to(ctx.dtype), keep, ctx.drop_scale).reshape(-1, x.shape[-1])
+        dropped = _dropped(x.to(ctx.dtype), keep, drop_scale).reshape(-1, x.shape[-1])
         grad_a = (grad_h.t() @ dropped).to(weight_a.dtype)
         grad_b = (grad_out.t() @ h).to(weight_b.dtype)
-        grad_x = _dropped((grad_h @ a).view(*x.shape[:-1], a.shape[1]), keep, ctx.drop_scale).to(x.dtype)
+        grad_x = _dropped((grad_h @ a).view(*x.shape[:-1], a.shape[1]), keep, drop_scale).to(x.dtype)
         return grad_x, grad_a, grad_b, None, None, None, None
 
 
