@@ -55,8 +55,8 @@ class TrainSettings:
     # and page-faulting it back (~20% of a step at 500 tokens). Process-wide once set; does not change results.
     reuse_heap: bool = True
     fast_dropout: bool = True  # on CPU, LoRA dropout masks from 16-bit slices of random words (see MaskDropout)
-    # on CPU, backward keeps less and recomputes the rest, with bit-identical gradients (see cpu_speed): each LoRA
-    # branch redraws its dropout mask (needs fast_dropout's masks), SiLU gates and RMS norms keep only their inputs
+    # on CPU LoRA runs, backward keeps less and recomputes the rest, with bit-identical gradients (see cpu_speed):
+    # LoRA branches with fast_dropout's masks redraw them, SiLU gates and RMS norms keep only their inputs
     lean_backward: bool = True
     snapshot_every: int = 0  # also save the adapter every k optimizer steps (convergence curves); 0 = off
     full_finetune: bool = False  # train every weight instead of a LoRA adapter

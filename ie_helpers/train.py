@@ -283,10 +283,11 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
         callbacks.append(_snapshot_callback(settings.snapshot_every, work_dir / "snapshots"))
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=callbacks)
-    if settings.fast_dropout and not settings.full_finetune and not torch.cuda.is_available():
-        use_mask_dropout(trainer.model)  # GPU dropout RNG is already cheap: keep nn.Dropout there
+    if not settings.full_finetune and not torch.cuda.is_available():  # GPU runs keep the stock modules
+        if settings.fast_dropout:
+            use_mask_dropout(trainer.model)
         if settings.lean_backward:
-            fuse_lora_layers(trainer.model)
+            fuse_lora_layers(trainer.model)  # only the layers with MaskDropout: the branch redraws its masks
             fuse_gated_mlps(trainer.model)
             recompute_rms_norms(trainer.model)
     if settings.lora.loraplus_ratio and not settings.full_finetune:
