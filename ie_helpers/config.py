@@ -104,8 +104,9 @@ def _check_value(value, default, path: str, common=None) -> None:
 
 
 def whole_split_sizes(recipe: dict) -> set[str]:
-    """Dotted paths of the sizes (``*_size``) that the recipe's common block or a profile sets to null, the
-    whole split: the parameters that take ``WHOLE_SPLIT``."""
+    """Dotted paths of the sizes (``*_size``) and shares (``*_share``) that the recipe's common block or a profile
+    sets to null (the whole split; for a share, every sentence as the corpus mixes them): the parameters that
+    take ``WHOLE_SPLIT``."""
     found = set()
 
     def walk(block, prefix: str) -> None:
@@ -113,7 +114,7 @@ def whole_split_sizes(recipe: dict) -> set[str]:
             path = f"{prefix}{k}"
             if isinstance(v, dict):
                 walk(v, f"{path}.")
-            elif v is None and k.endswith("_size"):
+            elif v is None and k.endswith(("_size", "_share")):
                 found.add(path)
 
     for block in (recipe["common"], *recipe["profiles"].values()):

@@ -10,9 +10,9 @@ scored with seqeval strict IOB2 (``ner.score_ner``), exactly like the encoder ba
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,22 +22,14 @@ import pandas as pd
 from ie_helpers import ner, parsing
 from ie_helpers.type_f1 import bootstrap_type_f1, type_f1_counts  # noqa: F401 (re-exported)
 from ie_helpers.errors import IEError
+from ie_helpers.ner_data import (DATASET_NOTES, data_statement, load_ner_data,  # noqa: F401 (re-exported)
+                                 split_holdout, training_sample)
 from ie_helpers.tasks import SYSTEM_PROMPT, Example, prompt_messages, to_prompt_completion
 
 # Readable names help zero-shot models; tags not listed here are shown as they are.
 DEFAULT_LABEL_NAMES = {"PER": "person", "ORG": "organization", "LOC": "location", "MISC": "miscellaneous",
-                       "Disease": "disease", "Chemical": "chemical"}
-DATASET_NOTES = {
-    "fin-sec": ("fin-sec: SEC filings (loan agreements) annotated for NER by Alvarado et al. (2015), public, "
-                "CC-BY 3.0; 4 types PER/ORG/LOC/MISC (MISC is near-empty) with IO tags converted to IOB2. "
-                "The paper's own corpus (1,693 sentences, 7 types: Company, Date, Location, Money, Person, "
-                "Product, Quantity) is private, so this public financial corpus stands in for it."),
-    "wnut17": ("wnut17: WNUT-17 emerging entities in social-media text, 6 types, BIO, CC-BY 4.0. It stands in for "
-               "CoNLL-2003 (the paper's general-domain set), which is not in the offline mirror; WNUT-17 is much "
-               "harder, so absolute F1 is far below CoNLL-2003 figures."),
-    "ncbi-disease": ("ncbi-disease: NCBI-disease (PubMed abstracts, 1 type Disease), BIO, CC-BY 4.0. The paper does "
-                     "not name its biomedical set."),
-}
+                       "Disease": "disease", "Chemical": "chemical",
+                       "Peop": "person", "Org": "organization", "Loc": "location", "Other": "other"}
 
 
 # --------------------------------------------------------------------------- labels and records
@@ -129,6 +121,28 @@ def select_demonstrations(sentences: Sequence[dict], k: int, seed: int = 0, max_
     return chosen
 
 
+def lexicon_tags(train_sentences: Sequence[dict], sentences: Sequence[dict]) -> list[list[str]]:
+    """IOB2 tags of a floor that only memorises: every training mention (its exact tokens) with its most frequent
+    training type, matched longest first, left to right. A system below it has not learned more than the list."""
+    votes: dict[tuple, Counter] = {}
+    for s in train_sentences:
+        for a, b, t in gold_spans(s):
+            votes.setdefault(tuple(s["tokens"][a:b]), Counter())[t] += 1
+    lexicon = {words: c.most_common(1)[0][0] for words, c in votes.items()}
+    longest = max(map(len, lexicon), default=0)
+    tags = []
+    for s in sentences:
+        toks, spans, i = s["tokens"], [], 0
+        while i < len(toks):
+            hit = next(((n, lexicon[tuple(toks[i:i + n])]) for n in range(min(longest, len(toks) - i), 0, -1)
+                        if tuple(toks[i:i + n]) in lexicon), None)
+            if hit:
+                spans.append((i, i + hit[0], hit[1]))
+            i += hit[0] if hit else 1
+        tags.append(ner.bio_from_spans(len(toks), spans))
+    return tags
+
+
 def record_length(record: dict, tokenizer) -> int:
     """Tokens of a whole prompt–completion record under the model's chat template."""
     ids = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=True)
@@ -180,73 +194,6 @@ def predict_entities_cached(model_name: str, run=None, sentences: Sequence[dict]
     return generate.cached(payload, compute)
 
 
-# --------------------------------------------------------------------------- data loading
-
-def split_holdout(items: Sequence, frac: float, seed: int = 1234) -> tuple[list, list]:
-    """(rest, held out): a seeded ``frac`` share (at least 1 item) held out."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_out = max(1, round(frac * len(items))) if len(items) > 1 else 0
-    out = set(order[:n_out])
-    return [x for i, x in enumerate(items) if i not in out], [items[i] for i in sorted(out)]
-
-
-def load_ner_data(dataset: str, *, eval_dataset: str | None = None, eval_split: str = "test",
-                  need_dev: bool = False, allow_synthetic: bool = False, holdout: float = 0.2,
-                  seed: int = 1234) -> dict:
-    """Train/test (and dev) sentences of a registered dataset or a user's CoNLL file, with provenance and notes.
-
-    A user file with no ``eval_dataset`` is split: a seeded ``holdout`` share becomes the test set.
-    Without a dev split, 10% of train is held out as dev when ``need_dev``.
-    """
-    from ie_helpers import data
-
-    train, p_train = data.load_split(dataset, "train", allow_synthetic=allow_synthetic)
-    notes, provenance = [], [p_train]
-    if eval_dataset is not None:
-        test, p_test = data.load_split(eval_dataset, eval_split, allow_synthetic=allow_synthetic)
-    elif p_train.source == "user-file":
-        train, test = split_holdout(train, holdout, seed)
-        p_test = dataclasses.replace(p_train, split=f"test (held out {holdout:.0%})", n_items=len(test))
-        p_train.split, p_train.n_items = f"train ({1 - holdout:.0%})", len(train)
-        notes.append(f"{dataset} has no separate test file: {len(test)} sentences ({holdout:.0%}, seed {seed}) "
-                     "were held out as the test set")
-    else:
-        test, p_test = data.load_split(dataset, eval_split, allow_synthetic=allow_synthetic)
-    provenance.append(p_test)
-    dev = None
-    if need_dev:
-        if p_train.source != "user-file" and "dev" in data.DATASETS.get(dataset, {}).get("splits", {}):
-            dev, p_dev = data.load_split(dataset, "dev", allow_synthetic=allow_synthetic)
-            provenance.append(p_dev)
-        else:
-            train, dev = split_holdout(train, 0.1, seed + 1)
-            notes.append(f"{len(dev)} training sentences held out as dev (no dev split)")
-    for name, part in (("train", train), ("test", test), ("dev", dev)):
-        if part is not None and not part:
-            raise IEError(f"{dataset}: the {name} split is empty; give a file with more sentences")
-        for k, s in enumerate(part or []):
-            if "tags" not in s:
-                raise IEError(f"{dataset}: item {k} of {name} has no NER tags; give a CoNLL file (token<TAB>tag)")
-    return {"train": train, "dev": dev, "test": test, "provenance": provenance, "notes": notes}
-
-
-def data_statement(dataset: str, provenance: Sequence, notes: Sequence[str] = ()) -> str:
-    """One paragraph for the report: which data this run used and how it relates to the paper's."""
-    parts = []
-    p0 = provenance[0]
-    if p0.source == "user-file":
-        parts.append(f"Data: the user's own file `{p0.path}` (sha256 {p0.sha256[:16]}…).")
-    elif p0.source == "synthetic":
-        parts.append(f"Data: SYNTHETIC template sentences standing in for {dataset} (real files unavailable); "
-                     "results say nothing about the paper.")
-    else:
-        parts.append(f"Data: {DATASET_NOTES.get(dataset, dataset)}")
-    parts.append("Splits: " + ", ".join(f"{p.split} {p.n_items} sentences ({p.source})" for p in provenance) + ".")
-    parts += [n[:1].upper() + n[1:] + "." for n in notes]
-    return " ".join(parts)
-
-
 # --------------------------------------------------------------------------- scoring
 
 @dataclass
@@ -284,18 +231,23 @@ def score_tags(pred_tags: Sequence[Sequence[str]], sentences: Sequence[dict], *,
     ps["n_pred"] = [len(p) for p in pred_sp]
     ps["f1"] = ner.per_sentence_f1(gold_sp, pred_sp)
     n_halluc = int(sum(hallucinated or []))
+    # the collapse a small generative tagger falls into: no mention at all where the gold has one
+    silent = [ng > 0 and npred == 0 and not h
+              for ng, npred, h in zip(ps["n_gold"], ps["n_pred"], hallucinated or [0] * len(gold))]
     tp, n_pred, n_gold = res["n_correct"], res["n_pred"] + n_halluc, res["n_gold"]
     metrics = {"micro_precision": res["micro_precision"], "micro_recall": res["micro_recall"],
                "micro_f1": micro, "micro_lo": lo, "micro_hi": hi,
                # hallucinated mentions have no span, so seqeval cannot see them; here they count as false positives
                "micro_f1_halluc_fp": 2 * tp / (n_pred + n_gold) if tp else 0.0,
-               "macro_f1": res["macro_f1"], "macro_lo": typed["macro_lo"], "macro_hi": typed["macro_hi"],
+               "macro_f1": typed["macro"], "macro_lo": typed["macro_lo"], "macro_hi": typed["macro_hi"],
+               "invented_types": ", ".join(typed["invented_types"]),
                "rare_macro_f1": typed["rare_macro"], "rare_macro_lo": typed["rare_macro_lo"],
                "rare_macro_hi": typed["rare_macro_hi"], "rare_minus_micro": typed["rare_minus_micro"],
                "rare_minus_micro_lo": typed["rare_minus_micro_lo"],
                "rare_minus_micro_hi": typed["rare_minus_micro_hi"], "rare_types": ", ".join(typed["rare_types"]),
                "n_sentences": len(gold), "n_gold": res["n_gold"], "n_pred": res["n_pred"],
                "n_correct": res["n_correct"], "hallucinated": n_halluc,
+               "entity_sentences": int((ps["n_gold"] > 0).sum()), "silent_on_entity_sentences": int(sum(silent)),
                "parse_fail_strict": int((ps["parse_strict"] == 0).sum()) if "parse_strict" in ps else 0,
                "parse_fail_lenient": int((ps["parse_lenient"] == 0).sum()) if "parse_lenient" in ps else 0,
                "unknown_type": int(ps["unknown_type"].sum()) if "unknown_type" in ps else 0}
@@ -365,20 +317,22 @@ def rare_types(train_sentences: Sequence[dict], share: float = 0.15) -> list[str
 def systems_table(scores: dict[str, NERScore]) -> pd.DataFrame:
     """One row per system: micro/macro P/R/F1 with CIs, counts, parse failures, hallucinations."""
     cols = ["micro_precision", "micro_recall", "micro_f1", "micro_lo", "micro_hi", "micro_f1_halluc_fp", "macro_f1",
-            "macro_lo",
-            "macro_hi", "n_sentences", "n_gold", "n_pred", "n_correct", "hallucinated", "parse_fail_strict",
-            "parse_fail_lenient", "unknown_type", "rare_types", "rare_macro_f1", "rare_macro_lo", "rare_macro_hi",
-            "rare_minus_micro", "rare_minus_micro_lo", "rare_minus_micro_hi"]
+            "macro_lo", "macro_hi", "invented_types", "n_sentences", "n_gold", "n_pred", "n_correct", "hallucinated",
+            "entity_sentences", "silent_on_entity_sentences", "parse_fail_strict", "parse_fail_lenient", "unknown_type",
+            "rare_types", "rare_macro_f1", "rare_macro_lo", "rare_macro_hi", "rare_minus_micro", "rare_minus_micro_lo",
+            "rare_minus_micro_hi"]
     return pd.DataFrame([{"system": name, **{c: s.metrics[c] for c in cols}} for name, s in scores.items()])
 
 
 def per_type_table(scores: dict[str, NERScore], train_counts: dict[str, int], rare: Sequence[str]) -> pd.DataFrame:
-    """Per-type P/R/F1 of every system, with training-mention counts and the rare flag (F3)."""
+    """Per-type P/R/F1 of every system over the gold types, with support, training-mention counts and the rare
+    flag (F3)."""
     frames = [s.per_type.assign(system=name) for name, s in scores.items() if len(s.per_type)]
     if not frames:
         return pd.DataFrame(columns=["system", "type", "precision", "recall", "f1", "support", "train_mentions",
                                      "rare"])
     df = pd.concat(frames, ignore_index=True)
+    df = df[df["support"] > 0]  # gold types only: invented ones are listed in systems_table's invented_types
     df["train_mentions"] = df["type"].map(train_counts).fillna(0).astype(int)
     df["rare"] = df["type"].isin(list(rare))
     return df[["system", "type", "precision", "recall", "f1", "support", "train_mentions", "rare"]]

@@ -50,12 +50,13 @@ def bootstrap_type_f1(gold_tags, pred_tags, rare: Sequence[str] = (), n_boot: in
                       alpha: float = 0.05) -> dict:
     """Macro-F1, macro-F1 over the ``rare`` types and (rare macro − micro), with percentile CIs over sentences.
 
-    The macro point equals seqeval's macro average (types present in gold or predictions); all three
-    quantities come from the same resamples, so the difference's CI is paired.
+    Macro averages run over the gold types of the evaluation set: a type only the system predicts (invented) is
+    listed in ``invented_types`` instead of dividing the average (seqeval's macro average counts it with F1 0).
+    All three quantities come from the same resamples, so the difference's CI is paired.
     """
     types, tp, fp, fn = type_f1_counts(gold_tags, pred_tags)
     n = tp.shape[0]
-    all_cols = list(range(len(types)))
+    all_cols = [i for i in range(len(types)) if tp[:, i].sum() + fn[:, i].sum() > 0]
     rare_cols = [i for i, t in enumerate(types) if t in set(rare)]
 
     def measure(a, b, c):
@@ -73,7 +74,8 @@ def bootstrap_type_f1(gold_tags, pred_tags, rare: Sequence[str] = (), n_boot: in
         boot = measure(*(np.concatenate(parts) for parts in zip(*sums)))
     else:
         boot = [np.zeros(n_boot)] * 3 + [np.full(n_boot, np.nan)]
-    out = {"rare_types": [types[i] for i in rare_cols]}
+    out = {"rare_types": [types[i] for i in rare_cols],
+           "invented_types": [t for i, t in enumerate(types) if i not in set(all_cols)]}
     for name, pt, b in zip(("micro", "macro", "rare_macro", "rare_minus_micro"), point, boot):
         b = b[np.isfinite(b)]
         lo, hi = stats.percentile_interval(b, alpha) if b.size else (np.nan, np.nan)

@@ -187,6 +187,24 @@ MUTATIONS = [
     Mutation("protocol", "task average weighs tasks by their size", "ie_helpers/engine.py",
              "        return np.mean(per_task, axis=0)",
              "        return np.average(per_task, axis=0, weights=[x.shape[1] for x in a])", ("tests/test_mtpf.py",)),
+    # ---- generative NER: the empty-answer collapse, floors, macro-F1, L3's ratio
+    Mutation("ner", "training sample ignores the entity share", "ie_helpers/ner_data.py",
+             "    if entity_share is None or len(with_entity) >= entity_share * len(sentences):",
+             "    if True:", ("tests/test_nerexp.py",)),
+    Mutation("ner", "macro-F1 divides by invented types again", "ie_helpers/type_f1.py",
+             "    all_cols = [i for i in range(len(types)) if tp[:, i].sum() + fn[:, i].sum() > 0]",
+             "    all_cols = list(range(len(types)))", ("tests/test_nerexp.py",)),
+    Mutation("ner", "lexicon floor matches shortest first", "ie_helpers/nerexp.py",
+             "for n in range(min(longest, len(toks) - i), 0, -1)", "for n in range(1, min(longest, len(toks) - i) + 1)",
+             ("tests/test_nerexp.py",)),
+    Mutation("ner", "silent sentences count hallucinating ones", "ie_helpers/nerexp.py",
+             "    silent = [ng > 0 and npred == 0 and not h", "    silent = [ng > 0 and npred == 0",
+             ("tests/test_nerexp.py",)),
+    Mutation("protocol", "steps to peak read off the last seed, not the seed average", "ie_helpers/engine.py",
+             "where=denom > 0).mean(axis=0)", "where=denom > 0)[-1]", ("tests/test_nerexp.py",)),
+    Mutation("verdicts", "L3 ratio compared against 0.6 instead of 1", "ie_helpers/papers/loraplus.py",
+             'verdicts.comparison(ev, decision=1.0, claimed="below", magnitude=0.6)',
+             'verdicts.comparison(ev, decision=0.6, claimed="below", magnitude=0.6)', VERDICTS),
 ]
 
 

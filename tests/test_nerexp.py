@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ie_helpers import ner, nerexp
+from ie_helpers import engine, ner, ner_data, nerexp
 from ie_helpers.papers import finner, loraplus
 from ie_helpers.config import load_config
 from ie_helpers.errors import IEError
@@ -689,3 +689,129 @@ def test_evaluate_module_check_agrees_with_the_report_and_catches_a_mismatch():
     wrong = dataclasses.replace(good, metrics={**good.metrics, "micro_f1": good.metrics["micro_f1"] + 0.01})
     with pytest.raises(IEError, match="span_f1 module gives"):
         nerexp.evaluate_module_check({"a": wrong}, lambda name: sentences)
+
+
+# --------------------------------------------------------------------------- empty-answer collapse, floors, macro
+
+
+def _pool(n_with=30, n_without=70):
+    with_ent = [{"tokens": f"Acme{k} hired Bob .".split(), "tags": ["B-ORG", "O", "B-PER", "O"]} for k in range(n_with)]
+    without = [{"tokens": f"nothing {k} here .".split(), "tags": ["O"] * 4} for k in range(n_without)]
+    return with_ent + without
+
+
+def test_training_sample_holds_the_entity_share_and_stays_nested():
+    pool = _pool()
+    small = nerexp.training_sample(pool, 20, seed=3, entity_share=0.8)
+    large = nerexp.training_sample(pool, 30, seed=3, entity_share=0.8)
+    assert sum(bool(nerexp.gold_spans(s)) for s in small) == 16
+    assert sum(bool(nerexp.gold_spans(s)) for s in large) == 24
+    assert all(any(s is t for t in large) for s in small)  # a learning curve's smaller set sits inside the larger
+    assert nerexp.training_sample(pool, 20, seed=3) == ner_data.data.nested_sample(pool, 20, 3)  # None: corpus mix
+    with pytest.raises(IEError, match="with an entity available"):
+        nerexp.training_sample(pool, 50, seed=0, entity_share=0.8)  # 40 wanted, 30 exist
+    with pytest.raises(IEError, match=r"train_entity_share must be in \(0, 1\]"):
+        nerexp.training_sample(pool, 10, seed=0, entity_share=1.5)
+    rich = _pool(n_with=90, n_without=10)  # already 90% with an entity: its own mix
+    assert nerexp.training_sample(rich, 20, seed=3, entity_share=0.8) == ner_data.data.nested_sample(rich, 20, 3)
+
+
+def test_train_entity_share_takes_all_for_the_corpus_mix():
+    cfg = load_config("finner", "cpu", train_entity_share="all")
+    assert cfg["train_entity_share"] is None
+    assert load_config("finner", "cpu", train_entity_share=0.5)["train_entity_share"] == 0.5
+    with pytest.raises(IEError, match="train_entity_share"):
+        load_config("finner", "cpu", train_entity_share="most")
+
+
+def test_silent_sentences_count_only_entity_sentences_answered_with_nothing():
+    m = _score(["[]", _ents(("person", "Zed"))], sents=[S1, S2]).metrics  # Zed: hallucinated, not silent
+    assert m["entity_sentences"] == 2 and m["silent_on_entity_sentences"] == 1
+    m = _score(["[]", "[]"], sents=[S1, S3]).metrics
+    assert m["entity_sentences"] == 1 and m["silent_on_entity_sentences"] == 1
+
+
+def test_lexicon_floor_matches_training_mentions_longest_first():
+    train = [S1, S2, {"tokens": "Acme is big .".split(), "tags": ["B-PER", "O", "O", "O"]},
+             {"tokens": "Acme again".split(), "tags": ["B-ORG", "O"]}, {"tokens": "Acme too".split(), "tags": ["B-ORG", "O"]}]
+    test = [{"tokens": "Acme Corp and Acme and John Smith , Boston".split(), "tags": ["O"] * 9}]
+    tags = nerexp.lexicon_tags(train, test)[0]
+    assert tags == ["B-ORG", "I-ORG", "O", "B-ORG", "O", "B-PER", "I-PER", "O", "B-LOC"]  # Acme: ORG 2 votes to 1
+    assert nerexp.lexicon_tags([], test)[0] == ["O"] * 9
+
+
+def test_macro_f1_averages_gold_types_and_lists_invented_ones_apart():
+    out = [_ents(("person", "John Smith"), ("organization", "Acme Corp"), ("location", "Boston"),
+                 ("weather", "works")), GOLD2]
+    m = _score(out).metrics
+    assert m["macro_f1"] == pytest.approx(1.0)  # seqeval's macro average would be 3/4 with WEATHER at 0
+    assert m["invented_types"] == "weather"
+    per_type = nerexp.per_type_table({"sys": _score(out)}, {"PER": 3}, [])
+    assert sorted(per_type["type"]) == ["LOC", "ORG", "PER"]
+
+
+def test_unified_json_items_get_iob2_tags():
+    notes = []
+    items = [{"tokens": "Ann saw Rome".split(), "entities": [(0, 1, "Peop"), (2, 3, "Loc"), (2, 3, "Other")]}]
+    tagged = ner_data._tagged(items, notes)
+    assert tagged[0]["tags"] in (["B-Peop", "O", "B-Loc"], ["B-Peop", "O", "B-Other"])
+    assert notes == ["1 nested entity spans left out of the IOB2 tags"]
+    conll = [{"tokens": ["x"], "tags": ["O"]}]
+    assert ner_data._tagged(conll, notes) is conll
+
+
+def _curve_counts(peak_at: dict, seeds=(0, 1, 2), steps=(5, 10, 15, 20, 25, 30), n=40, noise=0):
+    """(role, method, seed, step) -> (n, 3) counts whose F1 rises to 0.8 at ``peak_at[method]`` then stays."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for method, at in peak_at.items():
+        for seed in seeds:
+            for step in steps:
+                hit = 0.8 * min(step, at) / at
+                tp = (rng.random(n) < hit).astype(float) if noise else np.full(n, round(hit * 10) / 10)
+                out[("biomedical", method, seed, step)] = np.stack([tp, 1 - tp, 1 - tp], axis=1)
+    return out
+
+
+def test_steps_to_peak_ratio_on_seed_averaged_curves():
+    ev, table = loraplus.peak_evidence(_curve_counts({"lora": 20, "loraplus": 10}), tol=0.01, n_boot=200,
+                                       tuned_on_dev=True)
+    assert table.loc[0, "steps_lora"] == 20 and table.loc[0, "steps_loraplus"] == 10
+    assert ev["biomedical"].effect == pytest.approx(0.5) and ev["biomedical"].seed_effects == (0.5, 0.5, 0.5)
+    assert ev["biomedical"].lo <= 0.5 <= ev["biomedical"].hi
+    noisy, _ = loraplus.peak_evidence(_curve_counts({"lora": 30, "loraplus": 15}, noise=1), n_boot=200)
+    assert noisy["biomedical"].lo < noisy["biomedical"].hi  # items and seeds resampled: a real interval
+    flat = _curve_counts({"lora": 20, "loraplus": 10})
+    flat = {k: v * 0 for k, v in flat.items()}  # nothing learned: no peak to time
+    assert loraplus.peak_evidence(flat)[0] == {}
+    with pytest.raises(IEError, match="score both at every step"):
+        engine.steps_to_peak_ratio(np.zeros((3, 6, 4, 3)), np.zeros((3, 5, 4, 3)), [5, 10, 15, 20, 25, 30])
+
+
+def test_l3_is_decided_on_the_ratio_ci():
+    from ie_helpers.verdicts import Evidence
+
+    def l3(lo, hi, seeds=(0.5, 0.5, 0.5), params=135e6, tuned=True):
+        ev = Evidence(effect=(lo + hi) / 2, lo=lo, hi=hi, seed_effects=seeds, tuned_on_dev=tuned)
+        return _lp(_lp_results(GOOD, LOW), _peaks(), params=params, peak_evidence={"biomedical": ev})["L3"]
+
+    assert l3(0.4, 0.8).verdict == "direction only"          # below 1; a stand-in model: no magnitude
+    assert "CI over seeds and dev sentences" in l3(0.4, 0.8).note
+    assert l3(0.7, 1.3).verdict == "inconclusive"            # straddles 1
+    assert l3(1.1, 1.5, seeds=(1.2, 1.3, 1.4)).verdict == "not replicated"
+    assert l3(0.4, 0.8, seeds=(0.5, 0.6)).verdict == "inconclusive"  # two seeds
+
+
+def test_steps_to_peak_reads_the_seed_averaged_curve():
+    steps = [5, 10, 15, 20, 25, 30]
+    late = [0.8 * min(s, 30) / 30 for s in steps]  # rises until the last snapshot
+    early = [0.8 * min(s, 10) / 10 for s in steps]  # flat from step 10
+    counts = np.zeros((2, len(steps), 10, 3))
+    for seed, curve in enumerate((late, early)):
+        for j, f in enumerate(curve):
+            hits = round(f * 10)
+            counts[seed, j, :hits, 0] = 1            # true positives
+            counts[seed, j, hits:, 2] = 1            # missed
+    assert engine.steps_to_peak(counts[1:], steps) == 10
+    assert engine.steps_to_peak(counts, steps) == 30  # the mean of both curves peaks at the end
+    assert math.isnan(engine.steps_to_peak(counts * 0, steps))

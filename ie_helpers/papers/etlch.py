@@ -52,7 +52,7 @@ def load_documents(cfg: dict) -> dict:
     of train, so tuning never sees an evaluated document."""
     import dataclasses
 
-    from ie_helpers import data, nerexp
+    from ie_helpers import data, ner_data
 
     train_docs, train_prov = data.load_split(cfg["dataset"], "train", allow_synthetic=cfg["allow_synthetic"])
     notes = []
@@ -60,7 +60,7 @@ def load_documents(cfg: dict) -> dict:
         raise IEError(f"eval_split '{cfg['eval_split']}' needs a dataset with that split; your file is split once and "
                       f"scored on its held-out {HOLDOUT:.0%} test documents: give eval_split test")
     if train_prov.source == "user-file":
-        train_docs, test_docs = nerexp.split_holdout(train_docs, HOLDOUT, seed=1234)
+        train_docs, test_docs = ner_data.split_holdout(train_docs, HOLDOUT, seed=1234)
         test_prov = dataclasses.replace(train_prov, split=f"test (held out {HOLDOUT:.0%})", n_items=len(test_docs))
         train_prov.split, train_prov.n_items = f"train ({1 - HOLDOUT:.0%})", len(train_docs)
         notes.append(f"{cfg['dataset']} has no separate test file: {len(test_docs)} documents ({HOLDOUT:.0%}, "
@@ -74,7 +74,7 @@ def load_documents(cfg: dict) -> dict:
         except IEError:
             dev_docs = None
     if dev_docs is None:
-        train_docs, dev_docs = nerexp.split_holdout(train_docs, DEV_SHARE, seed=4321)
+        train_docs, dev_docs = ner_data.split_holdout(train_docs, DEV_SHARE, seed=4321)
         dev_prov = dataclasses.replace(train_prov, split=f"dev (held out of train, {DEV_SHARE:.0%})",
                                        n_items=len(dev_docs))
         train_prov = dataclasses.replace(train_prov, n_items=len(train_docs))

@@ -183,7 +183,7 @@ def launch_records(cfg: dict, size: int | None, seed: int) -> tuple[list[dict], 
     held out); the learning rate is the recipe's (the notebook's is chosen on dev: pass it with ``training``)."""
     from transformers import AutoTokenizer
 
-    from ie_helpers import data, models, nerexp
+    from ie_helpers import models, nerexp
 
     ds = nerexp.load_ner_data(cfg["dataset"], eval_dataset=cfg["eval_dataset"], eval_split=cfg["eval_split"],
                               need_dev=True, allow_synthetic=cfg["allow_synthetic"])
@@ -191,5 +191,5 @@ def launch_records(cfg: dict, size: int | None, seed: int) -> tuple[list[dict], 
     tok = AutoTokenizer.from_pretrained(models.resolve_model(cfg["model"]).path)
     train_ok, _ = nerexp.filter_by_length(ds["train"], types, tok, cfg["training"]["max_length"], cfg["label_names"])
     n = size or (len(train_ok) if cfg["train_size"] is None else cfg["train_size"])
-    sents = data.nested_sample(train_ok, n, seed=seed, what="training sentences")
+    sents = nerexp.training_sample(train_ok, n, seed, entity_share=cfg["train_entity_share"])
     return nerexp.ner_records(sents, types, cfg["label_names"]), cfg["model"], {**cfg["training"], "seed": seed}

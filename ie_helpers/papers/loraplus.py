@@ -192,6 +192,34 @@ def peak_ratios(peaks: pd.DataFrame) -> pd.DataFrame:
                                  "loraplus_censored"])
 
 
+def peak_evidence(curve_counts: dict, *, tol: float = 0.01, n_boot: int = 1000,
+                  tuned_on_dev: bool = False) -> tuple[dict, pd.DataFrame]:
+    """L3's evidence per curve role: ``engine.steps_to_peak_ratio`` of LoRA+ over LoRA from the seed-averaged dev
+    curves, and a table of it. ``curve_counts``: (role, method, seed, step) → (dev sentences, 3) tp/fp/fn.
+    A role enters only when both methods have the same seeds and steps."""
+    out, rows = {}, []
+    roles = sorted({k[0] for k in curve_counts})
+    for role in roles:
+        keys = {m: sorted(k for k in curve_counts if k[0] == role and k[1] == m) for m in ("lora", "loraplus")}
+        grid = {m: (sorted({k[2] for k in ks}), sorted({k[3] for k in ks})) for m, ks in keys.items()}
+        if not keys["lora"] or grid["lora"] != grid["loraplus"]:
+            continue
+        seeds, steps = grid["lora"]
+        arrays = {m: np.stack([np.stack([curve_counts[(role, m, sd, st)] for st in steps]) for sd in seeds])
+                  for m in ("lora", "loraplus")}
+        ev = engine.steps_to_peak_ratio(arrays["loraplus"], arrays["lora"], steps, tol=tol, n_boot=n_boot,
+                                        tuned_on_dev=tuned_on_dev)
+        peaks = {m: engine.steps_to_peak(arrays[m], steps, tol=tol) for m in arrays}
+        rows.append({"role": role, "seeds": len(seeds), "snapshots": len(steps),
+                     "steps_lora": peaks["lora"], "steps_loraplus": peaks["loraplus"],
+                     "ratio": ev.effect if ev else float("nan"), "lo": ev.lo if ev else float("nan"),
+                     "hi": ev.hi if ev else float("nan")})
+        if ev:
+            out[role] = ev
+    return out, pd.DataFrame(rows, columns=["role", "seeds", "snapshots", "steps_lora", "steps_loraplus", "ratio",
+                                            "lo", "hi"])
+
+
 # --------------------------------------------------------------------------- claims
 
 L_CLAIMS = [("L1", "CoNLL-2003 F1: LoRA+ 92.4 > specialised NER 91.8 > LoRA 91.1"),
@@ -210,15 +238,18 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
                     data_labels: dict[str, str], encoder_labels: dict[str, str], model: str,
                     model_params: float, low_resource_sizes: Sequence[int], snapshot_every: int,
                     dev_sentences: int = 0, competitive_margin: float = 0.02, synthetic: bool = False,
-                    tuned_on_dev: bool = False, random_weights: bool = False, evidence: dict | None = None) -> list:
+                    tuned_on_dev: bool = False, random_weights: bool = False, evidence: dict | None = None,
+                    peak_evidence: dict | None = None) -> list:
     """Verdicts for L1–L4 by the shared policy (``verdicts``), each claim held to its own seeds and tuning.
 
     ``results``: one row per (experiment, role, method, ratio, lr, train_size, seed) with ``micro_f1``;
     methods are lora, loraplus, full, encoder; experiments main, sweep, low_resource.
     ``comparisons``: LoRA+ vs LoRA paired bootstrap per (role, seed). ``peaks``: ``steps_to_peak`` output.
     ``evidence``: ``evidence()`` output; with it, L1/L2 are decided by ``verdicts.comparison`` on CIs over seeds
-    and sentences (LoRA+ above LoRA and above the encoder). ``tuned_on_dev``: LoRA, LoRA+ and the encoder
-    learning rates were chosen on dev (full fine-tuning's never is, so L4 is held to it separately).
+    and sentences (LoRA+ above LoRA and above the encoder). ``peak_evidence``: role →
+    ``engine.steps_to_peak_ratio`` (LoRA+ over LoRA); with it, L3 is decided on that ratio's CI against 1.
+    ``tuned_on_dev``: LoRA, LoRA+ and the encoder learning rates were chosen on dev (full fine-tuning's never is,
+    so L4 is held to it separately).
     """
     if synthetic:
         return synthetic_data_claims(L_CLAIMS)
@@ -226,7 +257,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
                                   encoder_labels=encoder_labels, model=model, model_params=model_params,
                                   low_resource_sizes=low_resource_sizes, snapshot_every=snapshot_every,
                                   dev_sentences=dev_sentences, competitive_margin=competitive_margin,
-                                  evidence=evidence)
+                                  evidence=evidence, peak_evidence=peak_evidence)
     seeds = results.groupby(["experiment", "role", "method", "train_size"], dropna=False)["seed"].nunique()
 
     def cell_seeds(experiment: str) -> int:
@@ -237,7 +268,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
     held_by = {"L1": (cell_seeds("main"), tuned_on_dev), "L2": (cell_seeds("main"), tuned_on_dev),
                "L3": (curve_seeds, tuned_on_dev), "L4": (cell_seeds("low_resource"), False)}
     decided_on_evidence = {cid for cid, role in (("L1", "general"), ("L2", "biomedical"))
-                           if evidence and role in evidence}
+                           if evidence and role in evidence} | ({"L3"} if peak_evidence else set())
     out = []
     for claim in claims:
         n, tuned = held_by[claim.claim_id]
@@ -249,7 +280,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
 
 def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_labels, model, model_params,
                          low_resource_sizes, snapshot_every, dev_sentences=0, competitive_margin=0.02,
-                         evidence: dict | None = None) -> list:
+                         evidence: dict | None = None, peak_evidence: dict | None = None) -> list:
     from ie_helpers.report import Claim
 
     paper_scale = model_params >= PAPER_SCALE_PARAMS
@@ -296,7 +327,21 @@ def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_la
 
     # L3: steps to peak, from the snapshot curves.
     ratios = peak_ratios(peaks) if len(peaks) else pd.DataFrame()
-    if not len(ratios):
+    if peak_evidence:
+        parts = {role: verdicts.comparison(ev, decision=1.0, claimed="below", magnitude=0.6)
+                 for role, ev in peak_evidence.items()}
+        measured = "; ".join(f"{role}: ratio {ev.effect:.2f} [{ev.lo:.2f}, {ev.hi:.2f}] (per seed "
+                             f"{', '.join(f'{x:.2f}' for x in ev.seed_effects)})" for role, ev in peak_evidence.items())
+        censored = int(ratios["lora_censored"].sum()) if len(ratios) else 0
+        note = ("steps to the first snapshot within the tolerance of the peak of the seed-averaged dev curve, LoRA+ "
+                "over LoRA; decision point 1 (the paper: 0.6); 95% CI over seeds and dev sentences"
+                + (f" ({dev_sentences} dev sentences)" if dev_sentences else "")
+                + f"; snapshots every {snapshot_every} steps set the resolution{scale_note}"
+                + (f"; LoRA peaked at its last snapshot in {censored} seed curve(s), so its steps-to-peak may be "
+                   "larger (the ratio is then an upper bound)" if censored else "")
+                + ". " + " ".join(f"{role}: {v.reason}." for role, v in parts.items()))
+        claims.append(Claim("L3", L_CLAIMS[2][1], measured, verdicts.all_of(list(parts.values())), note))
+    elif not len(ratios):
         claims.append(Claim("L3", L_CLAIMS[2][1], "n/a", NOT_TESTABLE,
                             "no pair of LoRA / LoRA+ convergence curves that both learned something"))
     else:

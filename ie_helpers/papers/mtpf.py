@@ -94,7 +94,7 @@ def load_ner_task(name: str, *, allow_synthetic: bool = False, seed: int = 1234)
         dropped += sum(n for _, n in tagged)
         provenance.append(prov)
     if "dev" not in splits:
-        from ie_helpers.nerexp import split_holdout
+        from ie_helpers.ner_data import split_holdout
 
         splits["train"], splits["dev"] = split_holdout(splits["train"], 0.1, seed)
         notes.append(f"{name}: no dev split, {len(splits['dev'])} training sentences held out as dev")
