@@ -245,6 +245,7 @@ def score_tags(pred_tags: Sequence[Sequence[str]], sentences: Sequence[dict], *,
                "rare_macro_hi": typed["rare_macro_hi"], "rare_minus_micro": typed["rare_minus_micro"],
                "rare_minus_micro_lo": typed["rare_minus_micro_lo"],
                "rare_minus_micro_hi": typed["rare_minus_micro_hi"], "rare_types": ", ".join(typed["rare_types"]),
+               "rare_support": sum(t in set(rare) for g in gold_sp for *_, t in g),
                "n_sentences": len(gold), "n_gold": res["n_gold"], "n_pred": res["n_pred"],
                "n_correct": res["n_correct"], "hallucinated": n_halluc,
                "entity_sentences": int((ps["n_gold"] > 0).sum()), "silent_on_entity_sentences": int(sum(silent)),
@@ -319,7 +320,7 @@ def systems_table(scores: dict[str, NERScore]) -> pd.DataFrame:
     cols = ["micro_precision", "micro_recall", "micro_f1", "micro_lo", "micro_hi", "micro_f1_halluc_fp", "macro_f1",
             "macro_lo", "macro_hi", "invented_types", "n_sentences", "n_gold", "n_pred", "n_correct", "hallucinated",
             "entity_sentences", "silent_on_entity_sentences", "parse_fail_strict", "parse_fail_lenient", "unknown_type",
-            "rare_types", "rare_macro_f1", "rare_macro_lo", "rare_macro_hi", "rare_minus_micro", "rare_minus_micro_lo",
+            "rare_types", "rare_support", "rare_macro_f1", "rare_macro_lo", "rare_macro_hi", "rare_minus_micro", "rare_minus_micro_lo",
             "rare_minus_micro_hi"]
     return pd.DataFrame([{"system": name, **{c: s.metrics[c] for c in cols}} for name, s in scores.items()])
 

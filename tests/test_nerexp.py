@@ -815,3 +815,9 @@ def test_steps_to_peak_reads_the_seed_averaged_curve():
     assert engine.steps_to_peak(counts[1:], steps) == 10
     assert engine.steps_to_peak(counts, steps) == 30  # the mean of both curves peaks at the end
     assert math.isnan(engine.steps_to_peak(counts * 0, steps))
+
+
+def test_rare_support_counts_gold_mentions_of_rare_types():
+    m = _score([GOLD1, GOLD2], rare=["LOC"]).metrics
+    assert m["rare_support"] == 2  # Boston, Paris
+    assert _score([GOLD1, GOLD2]).metrics["rare_support"] == 0

@@ -166,7 +166,9 @@ def finner_claim_rules(*, systems, comparisons, final_system, llm_baselines, pap
         claims.append(Claim("F3", F_CLAIMS[2][1], f"micro {_fmt(row.micro_f1)}", NOT_TESTABLE,
                             f"the fine-tuned model found no entities (micro-F1 < {MIN_F1})"))
     else:
-        measured = (f"rare-type macro-F1 {_fmt(row.rare_macro_f1)} ({rare}) vs micro {_fmt(row.micro_f1)}; "
+        support = row.get("rare_support")
+        mentions = "" if support is None or support != support else f", {int(support)} test mentions"
+        measured = (f"rare-type macro-F1 {_fmt(row.rare_macro_f1)} ({rare}{mentions}) vs micro {_fmt(row.micro_f1)}; "
                     f"difference {_fmt(row.rare_minus_micro)} [{_fmt(row.rare_minus_micro_lo)}, "
                     f"{_fmt(row.rare_minus_micro_hi)}]")
         lower = row.rare_minus_micro_hi < 0
