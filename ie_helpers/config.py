@@ -158,4 +158,5 @@ def load_config(paper: str, profile: str = "auto", **overrides) -> dict:
     cfg["paper"] = paper
     cfg["paper_setting"] = recipe.get("paper_setting", {})
     cfg["paper_baselines"] = recipe.get("paper_baselines", [])
+    cfg["budget_cuts"] = (recipe.get("budget_cuts") or {}).get(profile, [])
     return cfg

@@ -15,9 +15,8 @@ DATASET_NOTES = {
                 "CC-BY 3.0; 4 types PER/ORG/LOC/MISC (MISC is near-empty) with IO tags converted to IOB2. "
                 "The paper's own corpus (1,693 sentences, 7 types: Company, Date, Location, Money, Person, "
                 "Product, Quantity) is private, so this public financial corpus stands in for it."),
-    "wnut17": ("wnut17: WNUT-17 emerging entities in social-media text, 6 types, BIO, CC-BY 4.0. It stands in for "
-               "CoNLL-2003 (the paper's general-domain set), which is not in the offline mirror; WNUT-17 is much "
-               "harder, so absolute F1 is far below CoNLL-2003 figures."),
+    "wnut17": ("wnut17: WNUT-17 emerging entities in social-media text, 6 types, BIO, CC-BY 4.0. Much harder than "
+               "news NER: absolute F1 is far below CoNLL-2003 figures."),
     "conll04": ("conll04: CoNLL04 (Roth & Yih 2004; news sentences, 4 types Peop/Org/Loc/Other, every sentence "
                 "holds an entity), from the unified JSON of the mirror with IOB2 tags made from its spans. It stands "
                 "in for CoNLL-2003 (the paper's general-domain set, not in the offline mirror): the same news domain "

@@ -480,14 +480,47 @@ def test_finner_paper_profile_uses_the_papers_hyperparameters():
 
 def test_loraplus_profiles():
     cpu, paper = load_config("loraplus", "cpu"), load_config("loraplus", "paper")
-    assert cpu["loraplus_ratio"] == 16 and cpu["ratio_sweep"]["ratios"] == [1, 4, 16]
-    assert paper["ratio_sweep"]["ratios"] == [1, 2, 4, 8, 16, 32] and paper["low_resource"]["sizes"] == [100, 500]
-    assert len(cpu["datasets"]["biomedical"]["seeds"]) >= 3  # the protocol: >= 3 seeds at the chosen point
-    assert cpu["low_resource"]["sizes"] == [100, 300] and len(cpu["datasets"]["general"]["seeds"]) >= 3
+    assert cpu["loraplus_ratio"] == 16 and paper["ratio_sweep"]["ratios"] == [1, 2, 4, 8, 16, 32]
+    assert paper["low_resource"]["sizes"] == [100, 500] and paper["roles"] is None
+    for profile in (cpu, paper):  # the protocol: >= 3 seeds at the chosen point of every role that runs
+        assert all(len(profile["datasets"][r]["seeds"]) >= 3 for r in profile["roles"] or profile["datasets"])
+        assert {"lora", "loraplus", "encoder"} <= set(profile["lr_grid"]["lrs"])  # every compared method tuned
+    # the cpu profile's cuts are listed for the report, one per thing left out
+    assert cpu["roles"] == ["biomedical"] and cpu["ratio_sweep"]["ratios"] == []
+    assert len(cpu["budget_cuts"]) >= 3 and any("general role" in c for c in cpu["budget_cuts"])
+    assert paper["budget_cuts"] == []
     assert load_config("loraplus", "cpu", datasets={"general": {"name": "my.conll"}})["datasets"]["general"] == {
         "name": "my.conll", "seeds": [0, 1, 2]}
-    for profile in (cpu, paper):  # every compared method has a dev grid
-        assert {"lora", "loraplus", "encoder"} <= set(profile["lr_grid"]["lrs"])
+
+
+def test_loraplus_roles_that_run():
+    datasets = {"general": {"name": "conll04"}, "biomedical": {"name": "ncbi-disease"}}
+    assert list(loraplus.select_roles(datasets, None)) == ["general", "biomedical"]
+    assert list(loraplus.select_roles(datasets, ["biomedical"])) == ["biomedical"]
+    # naming a role's dataset asks for it to run, whatever the profile's roles
+    assert list(loraplus.select_roles(datasets, ["biomedical"], {"general": {"name": "my.conll"}})) == [
+        "general", "biomedical"]
+    with pytest.raises(IEError, match="not in datasets"):
+        loraplus.select_roles(datasets, ["news"])
+    with pytest.raises(IEError, match="roles is empty"):
+        loraplus.select_roles(datasets, [])
+    # a role left out is named as such in L1, not blamed on a missing baseline
+    results = _lp_results({k: v for k, v in GOOD.items() if k[0] == "biomedical"}, LOW)
+    c = _lp(results, _peaks())
+    assert c["L1"].verdict == "not testable" and "not run at this profile" in c["L1"].note
+    assert c["L2"].verdict == "direction only"
+
+
+def test_loraplus_launch_draws_the_notebooks_training_sentences(monkeypatch):
+    cfg = load_config("loraplus", "smoke", train_entity_share=1.0)
+    pool = [{"tokens": [f"w{i}", "x"], "tags": ["B-Disease", "O"] if i % 4 == 0 else ["O", "O"]} for i in range(40)]
+    monkeypatch.setattr(nerexp, "load_ner_data", lambda *a, **k: {"train": pool})
+    monkeypatch.setattr(nerexp, "filter_by_length", lambda sents, *a, **k: (list(sents), 0))
+    records, _, settings = loraplus.launch_records(cfg, 6, seed=1, role="biomedical", method="lora")
+    expected = nerexp.training_sample(pool, 6, 1, entity_share=1.0)
+    assert [r["prompt"][-1]["content"] for r in records] == [
+        r["prompt"][-1]["content"] for r in nerexp.ner_records(expected, ["Disease"], None, cfg["instruction"])]
+    assert all("B-Disease" in s["tags"] for s in expected) and settings["seed"] == 1
 
 
 @pytest.mark.parametrize("paper", ["finner", "loraplus"])
@@ -738,6 +771,20 @@ def test_lexicon_floor_matches_training_mentions_longest_first():
     tags = nerexp.lexicon_tags(train, test)[0]
     assert tags == ["B-ORG", "I-ORG", "O", "B-ORG", "O", "B-PER", "I-PER", "O", "B-LOC"]  # Acme: ORG 2 votes to 1
     assert nerexp.lexicon_tags([], test)[0] == ["O"] * 9
+
+
+def test_loraplus_lexicon_floor_is_per_seed_and_scored_on_test():
+    pool = [{"tokens": [f"w{i}", "fever"], "tags": ["O", "B-Disease"]} for i in range(10)]
+    pool += [{"tokens": [f"v{i}", "gout"], "tags": ["O", "B-Disease"]} for i in range(10)]
+    test = [{"tokens": ["fever", "and", "gout"], "tags": ["B-Disease", "O", "B-Disease"]}]
+    roles = {"biomedical": {"train": pool, "test": test}}
+    floor = loraplus.lexicon_floor(roles, {"biomedical": 4}, {"biomedical": [0, 1, 2, 3]}, entity_share=None,
+                                   n_boot=20)
+    assert list(floor.seed) == [0, 1, 2, 3] and set(floor.method) == {"lexicon"}
+    for seed, f1 in zip(floor.seed, floor.micro_f1):  # each seed's lexicon holds only its own sample's mentions
+        words = {s["tokens"][1] for s in nerexp.training_sample(pool, 4, seed)}
+        assert f1 == pytest.approx({1: 2 / 3, 2: 1.0}[len(words)])
+    assert set(floor.columns) >= {"micro_f1", "lo", "hi", "experiment", "train_size"}
 
 
 def test_macro_f1_averages_gold_types_and_lists_invented_ones_apart():

@@ -61,6 +61,19 @@ def loraplus_plan(datasets: dict, train_sizes: dict[str, int], ratio: float, rat
     return pd.DataFrame(rows, columns=["experiment"] + RUN_KEY)
 
 
+def select_roles(datasets: dict, roles: Sequence[str] | None, given: dict | None = None) -> dict:
+    """The roles this run trains, in ``datasets`` order: ``roles`` (None: all of them) plus any role named in the
+    user's own ``datasets`` override ``given`` (naming a dataset is asking for it to run)."""
+    wanted = set(datasets) if roles is None else set(roles) | set(given or {})
+    unknown = sorted(wanted - set(datasets))
+    if unknown:
+        raise IEError(f"role(s) {unknown} in roles are not in datasets ({', '.join(datasets)}): name a role of "
+                      "datasets or add its dataset")
+    if not wanted:
+        raise IEError("roles is empty: name at least one role of datasets, e.g. -p roles '[biomedical]'")
+    return {r: spec for r, spec in datasets.items() if r in wanted}
+
+
 def _number(x) -> float | None:
     return None if x is None or x != x else float(x)
 
@@ -124,12 +137,28 @@ def evidence(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Sequence[dic
 
 def results_frame(plan: pd.DataFrame, scores: dict) -> pd.DataFrame:
     """The plan with each run's test scores (``scores`` keyed by :func:`run_key`)."""
+    return pd.DataFrame([{**row.to_dict(), **_score_columns(scores[run_key(row)].metrics)}
+                         for _, row in plan.iterrows()])
+
+
+def _score_columns(m: dict) -> dict:
+    return {"micro_f1": m["micro_f1"], "lo": m["micro_lo"], "hi": m["micro_hi"], "macro_f1": m["macro_f1"],
+            "n_pred": m["n_pred"], "hallucinated": m["hallucinated"], "parse_fail_lenient": m["parse_fail_lenient"]}
+
+
+def lexicon_floor(roles: dict, train_sizes: dict[str, int], seeds: dict[str, Sequence[int]], *,
+                  entity_share: float | None, n_boot: int = 1000) -> pd.DataFrame:
+    """The floor that only memorises, per role and seed: every mention in that seed's training sentences, matched
+    longest first with its most frequent type (``nerexp.lexicon_tags``) on the role's test sentences. Rows shaped
+    like :func:`results_frame`'s (experiment main, method lexicon); ``roles``: role -> {"train", "test"}."""
     rows = []
-    for _, row in plan.iterrows():
-        m = scores[run_key(row)].metrics
-        rows.append({**row.to_dict(), "micro_f1": m["micro_f1"], "lo": m["micro_lo"], "hi": m["micro_hi"],
-                     "macro_f1": m["macro_f1"], "n_pred": m["n_pred"], "hallucinated": m["hallucinated"],
-                     "parse_fail_lenient": m["parse_fail_lenient"]})
+    for role, r in roles.items():
+        for seed in seeds[role]:
+            sents = nerexp.training_sample(r["train"], train_sizes[role], int(seed), entity_share=entity_share,
+                                           what=f"{role} training sentences")
+            m = nerexp.score_tags(nerexp.lexicon_tags(sents, r["test"]), r["test"], n_boot=n_boot).metrics
+            rows.append({"experiment": "main", "role": role, "method": "lexicon", "ratio": float("nan"),
+                         "lr": float("nan"), "train_size": train_sizes[role], "seed": int(seed), **_score_columns(m)})
     return pd.DataFrame(rows)
 
 
@@ -293,7 +322,9 @@ def loraplus_claim_rules(*, results, comparisons, peaks, data_labels, encoder_la
         sub = main[main.role == role]
         f1 = {m: sub[sub.method == m].sort_values("seed")["micro_f1"] for m in ("loraplus", "lora", "encoder")}
         if any(len(v) == 0 for v in f1.values()):
+            skipped = not len(main[main.role == role])
             claims.append(Claim(cid, paper, "n/a", NOT_TESTABLE,
+                                f"the {role} role was not run at this profile (see the budget cuts)" if skipped else
                                 f"LoRA, LoRA+ or the encoder baseline was not run on the {role} dataset"))
             continue
         mean = {m: float(v.mean()) for m, v in f1.items()}
@@ -400,7 +431,7 @@ def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None =
     same training pool as the notebook, so the run lands in the cache entry the notebook reads."""
     from transformers import AutoTokenizer
 
-    from ie_helpers import data, models
+    from ie_helpers import models
 
     role = role or cfg["lr_grid"]["role"]
     if role not in cfg["datasets"]:
@@ -413,7 +444,8 @@ def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None =
     train_ok, _ = nerexp.filter_by_length(ds["train"], types, tok, cfg["training"]["max_length"], cfg["label_names"],
                                           cfg["instruction"])
     n = size or (len(train_ok) if cfg["train_size"] is None else cfg["train_size"])
-    sents = data.nested_sample(train_ok, n, seed=seed, what=f"{role} training sentences")
+    sents = nerexp.training_sample(train_ok, n, seed, entity_share=cfg["train_entity_share"],
+                                   what=f"{role} training sentences")
     ratio = cfg["loraplus_ratio"] if method == "loraplus" else 1.0
     settings = run_settings(cfg["training"], method, ratio, full_lr=cfg["low_resource"]["full_lr"],
                             snapshots=role in cfg["curve_roles"], lr=lr)
