@@ -83,6 +83,28 @@ def final_plan(selection: pd.DataFrame, *, seeds: Sequence[int], by: Sequence[st
     return pd.DataFrame(rows)
 
 
+CHECKPOINT_POLICIES = ("last", "best_on_dev")
+
+
+def check_checkpoint_policy(policy: str, *, has_dev_snapshots: bool = True) -> str:
+    """The recipe's ``checkpoint``: ``last`` (the adapter at the end of training) or ``best_on_dev`` (the snapshot
+    with the best dev score, :func:`best_step`); refused, in one line, before any training starts."""
+    if policy not in CHECKPOINT_POLICIES:
+        raise IEError(f"checkpoint '{policy}' is not a policy: use {' or '.join(CHECKPOINT_POLICIES)}")
+    if policy == "best_on_dev" and not has_dev_snapshots:
+        raise IEError("checkpoint 'best_on_dev' needs dev scores at adapter snapshots, which this run does not "
+                      "make: use checkpoint last")
+    return policy
+
+
+def best_step(dev_by_step: Mapping[int, float]) -> int:
+    """The snapshot to test under ``best_on_dev``: the step with the highest dev score, the earliest of ties."""
+    if not dev_by_step:
+        raise IEError("no dev scores at any snapshot: best_on_dev has nothing to choose from")
+    top = max(dev_by_step.values())
+    return min(step for step, score in dev_by_step.items() if score == top)
+
+
 def distinct_runs(plan: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
     """Rows of ``plan`` that train something different (same ``key`` = same training run)."""
     return plan.drop_duplicates(list(key)).reset_index(drop=True)

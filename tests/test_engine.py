@@ -125,3 +125,21 @@ def test_a_choice_at_the_edge_of_its_grid_is_flagged():
     assert sel3[sel3.chosen]["lr"].tolist() == [4e-4] and engine.tuning_complete(sel3)
     one = engine.grid_plan({"lora": [4e-4]}, seeds=[0]).assign(dev_score=0.5)
     assert not engine.tuning_complete(engine.select_on_dev(one))  # a single value chooses nothing
+
+
+# --------------------------------------------------------------------------- checkpoint policy
+
+def test_best_on_dev_takes_the_best_snapshot_and_the_earliest_of_ties():
+    assert engine.best_step({6: 0.1, 12: 0.4, 18: 0.3, 24: 0.4}) == 12
+    assert engine.best_step({30: 0.2}) == 30
+    with pytest.raises(IEError, match="nothing to choose"):
+        engine.best_step({})
+
+
+def test_checkpoint_policy_is_refused_in_one_line_before_training():
+    assert engine.check_checkpoint_policy("last", has_dev_snapshots=False) == "last"
+    assert engine.check_checkpoint_policy("best_on_dev") == "best_on_dev"
+    with pytest.raises(IEError, match="not a policy"):
+        engine.check_checkpoint_policy("best")
+    with pytest.raises(IEError, match="use checkpoint last"):
+        engine.check_checkpoint_policy("best_on_dev", has_dev_snapshots=False)

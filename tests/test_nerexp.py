@@ -787,6 +787,33 @@ def test_loraplus_lexicon_floor_is_per_seed_and_scored_on_test():
     assert set(floor.columns) >= {"micro_f1", "lo", "hi", "experiment", "train_size"}
 
 
+def test_loraplus_test_checkpoints_follow_the_policy():
+    from types import SimpleNamespace
+
+    plan = loraplus.loraplus_plan({"biomedical": {"seeds": [0, 1]}}, {"biomedical": 8}, 16, {"role": "biomedical",
+                                  "ratios": [], "seeds": [0]}, {"role": "biomedical", "sizes": [], "seeds": [0]},
+                                  ["biomedical"], lrs={"lora": 1e-3, "loraplus": 1e-4})
+    curve_plan = plan[plan.method.isin(["lora", "loraplus"])]
+    runs = {loraplus.run_key(r): SimpleNamespace(log_history=[{"loss": 1.0}] * 30) for _, r in curve_plan.iterrows()}
+    rows = []
+    for (method, seed), f1s in {("lora", 0): [0.1, 0.5, 0.3], ("lora", 1): [0.1, 0.2, 0.4],
+                                ("loraplus", 0): [0.3, 0.3, 0.1], ("loraplus", 1): [0.0, 0.0, 0.0]}.items():
+        rows += [{"role": "biomedical", "method": method, "seed": seed, "step": step, "f1": f, "f1_halluc_fp": f}
+                 for step, f in zip((10, 20, 30), f1s)]
+    curves = pd.DataFrame(rows)
+    assert loraplus.checkpoints_for_test(curve_plan, curves, runs, "last") == {}
+    chosen = {(k[1], k[5]): v for k, v in loraplus.checkpoints_for_test(curve_plan, curves, runs, "best_on_dev").items()}
+    # the best dev snapshot; the final adapter when that is the last step; the earliest of ties
+    assert chosen == {("lora", 0): 20, ("lora", 1): None, ("loraplus", 0): 10, ("loraplus", 1): 10}
+    scores = {k: SimpleNamespace(metrics={"micro_f1": 0.5, "micro_lo": 0.4, "micro_hi": 0.6, "macro_f1": 0.5,
+                                          "n_pred": 3, "hallucinated": 0, "parse_fail_lenient": 0})
+              for k in map(loraplus.run_key, (r for _, r in plan.iterrows()))}
+    checkpoints = loraplus.checkpoints_for_test(curve_plan, curves, runs, "best_on_dev")
+    results = loraplus.results_frame(plan, scores, checkpoints)
+    by_run = dict(zip(zip(results.method, results.seed), results.checkpoint))
+    assert by_run[("lora", 0)] == "step 20" and by_run[("lora", 1)] == "final" and by_run[("encoder", 0)] == "final"
+
+
 def test_macro_f1_averages_gold_types_and_lists_invented_ones_apart():
     out = [_ents(("person", "John Smith"), ("organization", "Acme Corp"), ("location", "Boston"),
                  ("weather", "works")), GOLD2]

@@ -135,10 +135,17 @@ def evidence(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Sequence[dic
                                             "tuned on dev"])
 
 
-def results_frame(plan: pd.DataFrame, scores: dict) -> pd.DataFrame:
-    """The plan with each run's test scores (``scores`` keyed by :func:`run_key`)."""
-    return pd.DataFrame([{**row.to_dict(), **_score_columns(scores[run_key(row)].metrics)}
-                         for _, row in plan.iterrows()])
+def results_frame(plan: pd.DataFrame, scores: dict, checkpoints: dict | None = None) -> pd.DataFrame:
+    """The plan with each run's test scores (``scores`` keyed by :func:`run_key`) and, with ``checkpoints``
+    (:func:`checkpoints_for_test`), the adapter that answered: a snapshot step or final."""
+    rows = []
+    for _, row in plan.iterrows():
+        key = run_key(row)
+        step = (checkpoints or {}).get(key)
+        rows.append({**row.to_dict(), **({} if checkpoints is None else
+                                         {"checkpoint": "final" if step is None else f"step {step}"}),
+                     **_score_columns(scores[key].metrics)})
+    return pd.DataFrame(rows)
 
 
 def _score_columns(m: dict) -> dict:
@@ -177,6 +184,25 @@ def method_comparisons(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Se
         rows.append({"role": role, "seed": seed, "a": a, "b": b, "f1_a": r["f1_a"], "f1_b": r["f1_b"],
                      "diff": r["diff"], "lo": r["lo"], "hi": r["hi"], "p_value": r["p_value"]})
     return pd.DataFrame(rows, columns=["role", "seed", "a", "b", "f1_a", "f1_b", "diff", "lo", "hi", "p_value"])
+
+
+def checkpoints_for_test(curve_plan: pd.DataFrame, curves: pd.DataFrame, runs: dict, policy: str) -> dict:
+    """Run key -> the snapshot step whose adapter answers the test sentences, or None for the final adapter:
+    ``last`` keeps every run's final adapter; ``best_on_dev`` takes, for each run with a dev curve, the snapshot
+    with the best dev micro-F1 (hallucinated mentions as false positives, as in the grid), the final adapter when
+    that is the last step. Runs without a curve keep their final adapter."""
+    if engine.check_checkpoint_policy(policy) == "last":
+        return {}
+    out = {}
+    for _, row in curve_plan.iterrows():
+        c = curves[(curves.role == row["role"]) & (curves.method == row["method"]) & (curves.seed == row["seed"])]
+        if not len(c):
+            continue
+        key = run_key(row)
+        step = engine.best_step(dict(zip(c.step.astype(int), c.f1_halluc_fp)))
+        n_steps = sum("loss" in h for h in runs[key].log_history)
+        out[key] = None if step >= n_steps else step
+    return out
 
 
 def seed_spread(results: pd.DataFrame, value: str = "micro_f1") -> pd.DataFrame:
