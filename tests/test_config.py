@@ -203,3 +203,13 @@ def test_every_profile_passes_the_type_check_against_common(paper, profile):
     recipe = read_recipe(paper)
     for key, value in (recipe["profiles"][profile] or {}).items():
         _check_value(value, recipe["common"].get(key), key)
+
+
+@pytest.mark.parametrize("paper", available_recipes())
+def test_every_recipe_declares_its_checkpoint_policy(paper):
+    from ie_helpers.engine import CHECKPOINT_POLICIES
+
+    cfg = load_config(paper, "cpu")
+    assert cfg["checkpoint"] in CHECKPOINT_POLICIES
+    # only a notebook that scores dev snapshots may choose among them
+    assert cfg["checkpoint"] == ("best_on_dev" if paper == "loraplus" else "last")
