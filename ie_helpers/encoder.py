@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from ie_helpers import distributed
 from ie_helpers.errors import IEError
 from ie_helpers.ner import io_to_bio
 from ie_helpers.token_alignment import (  # noqa: F401 - callers keep using encoder.*
@@ -167,6 +168,8 @@ def train_token_classifier(
     id2label = dict(enumerate(labels))
     lr = (5e-4 if method == "lora" else 5e-5) if lr is None else float(lr)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed.process_group(device)
+    device = distributed.local_device(device)
 
     random.seed(seed)
     np.random.seed(seed)
@@ -237,7 +240,9 @@ def train_token_classifier(
     gen = torch.Generator().manual_seed(seed)
 
     autocast = _autocast(device, precision)
+    net = distributed.wrap(model, device)
     losses: list[float] = []
+    grad_norms: list[float] = []  # before clipping
     t0 = time.perf_counter()
     model.train()
     step = 0
@@ -246,16 +251,20 @@ def train_token_classifier(
                                [len(f["input_ids"]) for f in features] if group_by_length else None):
             if step >= total_steps:
                 break
-            batch = collator([features[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if world == 1:
+                batch = collator([features[i] for i in idx])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast:
+                    loss = model(**batch).loss
+                loss.backward()
+                batch_loss = float(loss.detach())
+            else:
+                batch_loss = _sharded_backward(net, collator, features, idx, rank, world, device, autocast)
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(batch_loss)
             step += 1
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -270,10 +279,12 @@ def train_token_classifier(
         n_total_params=n_total,
         n_steps=step,
         losses=losses,
+        grad_norms=grad_norms,
         n_train_sentences=len(features),
         n_words_truncated=n_cut,
+        processes=world,
     )
-    if output_dir is not None:
+    if output_dir is not None and distributed.is_main():
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
@@ -283,6 +294,27 @@ def train_token_classifier(
             json.dumps({k: v for k, v in info.items() if k != "losses"}, indent=2), encoding="utf-8"
         )
     return model, tokenizer, labels, info
+
+
+def _sharded_backward(net, collator, features, idx, rank: int, world: int, device: str, autocast) -> float:
+    """One batch under DDP: this process's share of it, its summed token loss scaled so that DDP's averaged
+    gradient is the gradient of the whole batch's mean token loss (``distributed``). Returns that mean loss."""
+    import torch
+
+    mine = distributed.shard(idx, rank, world)
+    # a process with no item of a short batch runs one at weight 0: every process joins the gradient all-reduce
+    batch = collator([features[i] for i in (mine or idx[:1])])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    n_total = distributed.all_sum(int((labels != IGNORE_INDEX).sum()) if mine else 0)
+    with autocast:
+        logits = net(**batch).logits
+        loss_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                     ignore_index=IGNORE_INDEX, reduction="sum")
+    if not mine:
+        loss_sum = loss_sum * 0.0
+    (loss_sum * world / max(n_total, 1.0)).backward()
+    return distributed.all_sum(float(loss_sum.detach())) / max(n_total, 1.0)
 
 
 def batch_order(n: int, batch_size: int, generator, lengths: Sequence[int] | None = None) -> list[list[int]]:

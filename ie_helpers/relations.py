@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Sequence
 
+from ie_helpers import distributed
 from ie_helpers.errors import IEError
 
 NONE_LABEL = "none"
@@ -95,26 +96,39 @@ def train_pair_classifier(model_dir, texts: Sequence[str], labels: Sequence[str]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else
                                               max(0.0, (steps - s) / max(1, steps - warm)))
     gen = torch.Generator().manual_seed(seed)
-    losses, n_tokens, t0 = [], 0, time.perf_counter()
+    rank, world = distributed.process_group("cpu")
+    net = distributed.wrap(model, "cpu")
+    losses, grad_norms, n_tokens, t0 = [], [], 0, time.perf_counter()
     model.train()
     order = []
     for step in range(steps):
         if not order:
             order = torch.randperm(len(texts), generator=gen).tolist()
         batch, order = order[:batch_size], order[batch_size:]
-        enc = tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        n_tokens += int(enc["attention_mask"].sum())
-        loss = model(**enc, labels=y[batch]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if world == 1:
+            enc = tokenizer([texts[i] for i in batch], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            n_tokens += int(enc["attention_mask"].sum())
+            loss = model(**enc, labels=y[batch]).loss
+            loss.backward()
+            batch_loss = loss.item()
+        else:  # this process's share; the summed loss scaled so DDP's gradient average is the batch mean's
+            mine = distributed.shard(batch, rank, world)
+            enc = tokenizer([texts[i] for i in (mine or batch[:1])], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            n_tokens += int(distributed.all_sum(int(enc["attention_mask"].sum()) if mine else 0))
+            loss_sum = torch.nn.functional.cross_entropy(net(**enc).logits.float(), y[mine or batch[:1]],
+                                                         reduction="sum") * (1.0 if mine else 0.0)
+            (loss_sum * world / len(batch)).backward()
+            batch_loss = distributed.all_sum(float(loss_sum.detach())) / len(batch)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
         opt.step()
         sched.step()
         opt.zero_grad()
-        losses.append(loss.item())
+        losses.append(batch_loss)
     info = {"train_seconds": time.perf_counter() - t0, "n_steps": steps, "n_trainable_params": int(trainable),
             "n_total_params": int(total), "train_tokens": n_tokens, "final_loss": losses[-1] if losses else None,
-            "lr": lr, "method": method}
+            "lr": lr, "method": method, "processes": world, "grad_norms": grad_norms}
     return model, tokenizer, classes, info
 
 

