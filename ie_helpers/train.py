@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ie_helpers import __version__
+from ie_helpers import __version__, distributed
 from ie_helpers.cpu_speed import (fuse_gated_mlps, fuse_lora_layers, head_nll_sum, recompute_rms_norms,
                                   reuse_freed_heap_memory, use_mask_dropout)
 from ie_helpers.errors import IEError
@@ -145,6 +145,19 @@ def _peft_config(lora: LoraSettings):
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")
 
 
+def per_device_batch(batch_size: int) -> int:
+    """The batch each process trains on: ``batch_size`` split over the processes of a DDP launch, so the global
+    batch and the number of steps are one process's and a launched run is the run its cache entry names.
+    (accelerate hands process i every k-th per-device batch of one seeded order, so with random sampling each
+    step also sees one process's items; length-grouped sampling groups within smaller windows.)"""
+    k = distributed.world_size()
+    if batch_size % k:
+        fits = [n for n in range(1, batch_size + 1) if batch_size % n == 0]
+        raise IEError(f"batch_size {batch_size} does not split over {k} processes: launch {fits} processes, or "
+                      "change training.batch_size (a different run)")
+    return batch_size // k
+
+
 def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
     from trl import SFTConfig
 
@@ -155,7 +168,7 @@ def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
         learning_rate=settings.lr,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=per_device_batch(settings.batch_size),
         gradient_accumulation_steps=settings.grad_accum,
         max_grad_norm=settings.max_grad_norm,
         weight_decay=settings.weight_decay,
@@ -249,6 +262,7 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
         settings = TrainSettings.from_dict(settings)
     if not records:
         raise IEError("no training records: the training size is 0")
+    per_device_batch(settings.batch_size)  # refused before any work when it does not split over the processes
     resolved = resolve_model(model_name)
     key = run_key(resolved.fingerprint, records, settings)
     run_dir = cache_dir() / "runs" / key

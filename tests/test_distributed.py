@@ -76,3 +76,22 @@ def test_shards_cover_a_batch_once():
     assert sorted(shards[0] + shards[1]) == sorted(batch) and shards == [[7, 9, 4], [3, 1]]
     assert distributed.shard([5], 1, 2) == []  # the short last batch: the second process has nothing to do
     assert distributed.world_size() == 1 and distributed.all_sum(3) == 3.0 and distributed.is_main()
+
+
+def test_a_decoder_run_splits_its_batch_over_the_processes(monkeypatch, tmp_path):
+    """Under DDP each process trains on batch_size / k items, so a launched run keeps one process's global batch
+    and steps (its cache entry is the notebook's run); a batch that does not split is refused in one line."""
+    from ie_helpers import train
+    from ie_helpers.errors import IEError
+
+    assert train.per_device_batch(8) == 8
+    settings = train.TrainSettings.from_dict({"batch_size": 8, "lr": 1e-4, "epochs": 1})
+    # two processes as `distributed` sees them (the environment variable would also start accelerate's group)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    assert train.per_device_batch(8) == 4
+    assert train._sft_config(settings, tmp_path, "fp32").per_device_train_batch_size == 4
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(IEError, match=r"does not split over 3 processes: launch \[1, 2, 4, 8\]"):
+        train.per_device_batch(8)
+    with pytest.raises(IEError, match="does not split"):  # before any model is loaded
+        train.train_sft("no-such-model", [{"prompt": [], "completion": []}], settings)

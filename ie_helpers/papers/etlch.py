@@ -86,8 +86,8 @@ def load_documents(cfg: dict) -> dict:
 def epochs_for(n_records: int, settings: dict, min_steps: int) -> float:
     """Passes over ``n_records`` so a run takes at least ``min_steps`` optimizer steps (the recipe's epochs
     otherwise): small training sets are not stopped after a handful of updates, so a learning curve compares
-    data sizes rather than training lengths. Counted for one process: under ``accelerate launch`` with k
-    processes each step takes k batches, so a run takes about ``min_steps / k`` steps."""
+    data sizes rather than training lengths. Under ``accelerate launch`` each process trains on batch_size / k
+    items (``train.per_device_batch``), so the steps are the same."""
     per_step = settings["batch_size"] * settings.get("grad_accum", 1)
     steps_per_epoch = -(-n_records // per_step)
     epochs = float(settings["epochs"])
