@@ -66,10 +66,6 @@ def wrap(model, device: str):
     return DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
 
 
-def unwrap(model):
-    return getattr(model, "module", model)
-
-
 def is_main() -> bool:
     """Rank 0 (or a plain run): the one process that writes files."""
     return int(os.environ.get("RANK", "0")) == 0
