@@ -42,6 +42,27 @@ def test_a_launched_clinical_decoder_run_is_the_notebooks_main_run():
 
 
 @pytest.mark.slow
+@needs_tiny_llama
+@needs_data
+def test_a_launched_leave_one_dataset_out_run_is_the_notebooks_multi_task_run():
+    out = summary(launched("--paper", "clinical", "--system", "lodo", "--seed", "0"))
+    assert out["cached"] is False
+    cfg = config.load_config("clinical", "smoke")
+    prepared = clinical_runs.prepare_tasks(cfg)
+    pool, names, held = clinical_runs.clinical.lodo_setup(cfg, prepared["datasets"], prepared["tasks"],
+                                                          prepared["tokenizer"])
+    records = clinical_runs.lodo_mixture(cfg, pool, names, held[0], 0)  # as the notebook's loop builds them
+    run, _ = clinical_runs.clinical.train_sft_measured(cfg["decoders"][0], records, clinical_runs.decoder_settings(
+        cfg, "lora", cfg["lrs"]["decoder_lora"][0], 0))
+    assert run.cached and run.key == out["key"]
+    assert {r["completion"][0]["content"] for r in records}  # a real mixture, not an empty one
+    with pytest.raises(IEError, match="--size does not apply"):
+        clinical_runs.launch_lodo_records(cfg, 10, 0)
+    with pytest.raises(IEError, match="is not held out"):
+        clinical_runs.launch_lodo_records(cfg, None, 0, dataset="no-such-set")
+
+
+@pytest.mark.slow
 @needs_data
 def test_a_launched_clinical_encoder_run_is_the_notebooks_main_run():
     out = summary(launched("--paper", "clinical", "--system", "encoder", "--method", "full"))
@@ -81,7 +102,7 @@ def test_flags_of_another_papers_plan_are_refused():
     proc = launched("--paper", "etlch", "--variant", "tpl")
     assert proc.returncode == 2 and "--variant do not select a etlch run: it takes --size, --seed, --lr" in proc.stderr
     proc = launched("--paper", "clinical", "--system", "gpu")
-    assert proc.returncode == 2 and "--system gpu: use decoder or encoder" in proc.stderr
+    assert proc.returncode == 2 and "--system gpu: use decoder, encoder or lodo" in proc.stderr
 
 
 def test_a_clinical_launch_names_a_row_of_the_recipe():

@@ -176,6 +176,39 @@ def launch_records(cfg: dict, size: int | None, seed: int, *, family: str = "ce"
     return records, row["model"], decoder_settings(cfg, method, row["lr"], seed)
 
 
+def lodo_mixture(cfg: dict, pool: dict, names: Sequence[str], held_out: str, seed: int) -> list[dict]:
+    """The multi-task instruction-tuning records of one leave-one-dataset-out run: ``lodo.mixture_size`` CE
+    sentences of every dataset but ``held_out`` (``pool``, ``names``: ``clinical.lodo_setup``)."""
+    others = [n for n in names if n != held_out]
+    return clinical.mixture_records({n: pool[n] for n in others}, others, cfg["lodo"]["mixture_size"],
+                                    cfg["templates"]["ce"], seed)
+
+
+def launch_lodo_records(cfg: dict, size: int | None, seed: int, *, dataset: str | None = None, lr: float | None = None,
+                        family: str = "ce", model: str | None = None, method: str = "lora"
+                        ) -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one leave-one-dataset-out multi-task run (held out: ``dataset``, the
+    first held-out dataset by default), as the notebook's leave-one-dataset-out loop builds them."""
+    if size is not None:
+        raise IEError("--size does not apply to a leave-one-dataset-out run: its mixture takes lodo.mixture_size "
+                      "sentences of each other dataset")
+    if (family, method) != ("ce", "lora") or model not in (None, cfg["decoders"][0]):
+        raise IEError(f"leave-one-dataset-out runs are CE LoRA runs of {cfg['decoders'][0]}: leave out --family, "
+                      "--method and --model")
+    prepared = prepare_tasks(cfg)
+    pool, names, held = clinical.lodo_setup(cfg, prepared["datasets"], prepared["tasks"], prepared["tokenizer"])
+    dataset = dataset or (held[0] if held else None)
+    if dataset not in held:
+        raise IEError(f"'{dataset}' is not held out in this profile's leave-one-dataset-out runs: use one of "
+                      f"{', '.join(held) or 'none'}")
+    grid = cfg["lrs"]["decoder_lora"]
+    if lr is None and len(grid) != 1:
+        raise IEError(f"pass --lr: the decoder_lora grid has {len(grid)} rates {grid}; use the CE rate the notebook "
+                      "chose on dev (the `chosen` row of its dev_grid.csv)")
+    lr = float(grid[0] if lr is None else lr)
+    return lodo_mixture(cfg, pool, names, dataset, seed), cfg["decoders"][0], decoder_settings(cfg, "lora", lr, seed)
+
+
 def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, family: str = "ce", dataset: str | None = None,
                        model: str | None = None, method: str = "lora", lr: float | None = None,
                        split: str = "test") -> dict:

@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="loraplus: lora, loraplus (default) or full; clinical: lora (default) or full")
     p.add_argument("--lr", type=float, help="the (base) learning rate the notebook chose on dev (needed when the "
                                             "recipe's grid has several)")
-    p.add_argument("--system", help="clinical: decoder (default) or encoder")
+    p.add_argument("--system", help="clinical: decoder (default), encoder, or lodo (the multi-task run of a "
+                                    "leave-one-dataset-out split; --dataset names the held-out dataset)")
     p.add_argument("--family", help="clinical: ce (default) or re")
     p.add_argument("--dataset", help="clinical: the task's dataset; mtpf: the downstream NER task (default: the first)")
     p.add_argument("--model", help="clinical: one of the recipe's decoders or encoders (default: the first)")
@@ -77,10 +78,11 @@ def launch_encoder(module, paper: str, cfg: dict, args, row: dict) -> dict:
     return module.launch_encoder_run(cfg, args.size, args.seed, **row)
 
 
-def launch_decoder(module, cfg: dict, args, row: dict) -> dict:
+def launch_decoder(module, cfg: dict, args, row: dict, system: str = "decoder") -> dict:
     if "split" in row:
         raise IEError("--split selects the items an encoder run predicts; a decoder run only trains: leave it out")
-    records, model, settings = module.launch_records(cfg, args.size, args.seed, **row)
+    make = module.launch_lodo_records if system == "lodo" else module.launch_records
+    records, model, settings = make(cfg, args.size, args.seed, **row)
     result = train_sft(model, records, settings, use_cache=not args.no_cache)
     return {"key": result.key, "run_dir": str(result.run_dir), "cached": result.cached,
             "train_seconds": round(result.train_seconds, 2), "tokens_per_s": round(result.tokens_per_second, 1),
@@ -95,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         module = LAUNCHABLE[args.paper]
         row = plan_row(args.paper, args)
         system = row.pop("system", "decoder")
-        if system not in ("decoder", "encoder"):
-            raise IEError(f"--system {system}: use decoder or encoder")
+        if system not in ("decoder", "encoder", "lodo"):
+            raise IEError(f"--system {system}: use decoder, encoder or lodo (clinical: a leave-one-dataset-out "
+                          "multi-task run)")
         cfg = config.load_config(args.paper, args.profile)
         if system == "encoder" or not hasattr(module, "launch_records"):
             summary = launch_encoder(module, args.paper, cfg, args, row)
         else:
-            summary = launch_decoder(module, cfg, args, row)
+            summary = launch_decoder(module, cfg, args, row, system)
     except IEError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
