@@ -24,8 +24,11 @@ def process_group(device: str) -> tuple[int, int]:
     n = world_size()
     if n == 1:
         return 0, 1
+    import torch
     import torch.distributed as dist
 
+    if device.startswith("cuda"):  # before any CUDA tensor: all_sum's tensors land on this process's GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
