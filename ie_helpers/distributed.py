@@ -60,6 +60,54 @@ def all_sum(value: float) -> float:
     return float(t.item())
 
 
+def gather_rows(mine, sizes: Sequence[int], rank: int):
+    """One batch's rows from every process, rank by rank (``sizes[r]`` rows from process r). This process's rows
+    keep their autograd graph, the others arrive as values: a loss over the whole batch then sends each process
+    the gradient of its own rows, and the processes' parameter gradients sum to the whole batch's."""
+    if world_size() == 1:
+        return mine
+    import torch
+    import torch.distributed as dist
+
+    width = max(sizes)
+    padded = torch.cat([mine.detach(), mine.new_zeros((width - mine.shape[0], *mine.shape[1:]))])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    rows = [part[:n] for part, n in zip(parts, sizes)]
+    rows[rank] = mine
+    return torch.cat(rows)
+
+
+def sum_gradients(params: Sequence) -> None:
+    """Each parameter's gradient summed over the processes, in one all-reduce. A parameter that no process gave
+    a gradient keeps none (AdamW skips it, as in one process); one that only some processes touched counts zero
+    from the others."""
+    if world_size() == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    params = list(params)
+    device = params[0].device
+    touched = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    dist.all_reduce(touched)
+    used = [p for p, t in zip(params, touched.tolist()) if t > 0]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in used])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in used:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a plain run): e.g. until rank 0 has written what the others read."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def wrap(model, device: str):
     """``model`` in ``DistributedDataParallel`` when there is more than one process, else unchanged."""
     if world_size() == 1:

@@ -293,6 +293,7 @@ def train_token_classifier(
         (out / "train_info.json").write_text(
             json.dumps({k: v for k, v in info.items() if k != "losses"}, indent=2), encoding="utf-8"
         )
+    distributed.barrier()  # the other processes read output_dir only once rank 0 has written it
     return model, tokenizer, labels, info
 
 

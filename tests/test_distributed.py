@@ -45,14 +45,42 @@ if int(os.environ.get("RANK", "0")) == 0:
 '''
 
 
-def _run(tmp_path, processes: int) -> dict:
+# MTPF-TPL pre-finetuning: 11 corpus sentences and 11 pairs of two topics in batches of 5, four steps of both
+# losses; the pair batches hold 5, 5 and 1 pairs, so InfoNCE runs over gathered rows, short batch included
+PRE_FINETUNING = r'''
+import json, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+import transformers
+from ie_helpers import encoder
+from ie_helpers.papers import mtpf_student
+orig = transformers.AutoModel.from_pretrained
+transformers.AutoModel.from_pretrained = lambda *a, **k: orig(*a, hidden_dropout_prob=0.0,
+                                                              attention_probs_dropout_prob=0.0, **k)
+corpus = [{"tokens": [f"Name{i}", "works", "at", "Acme", "in", "Paris", "."][: 4 + i % 4]} for i in range(11)]
+pseudo = [[(i + j) % 4 for j in range(len(s["tokens"]))] for i, s in enumerate(corpus)]
+pairs = [(f"Team {i} won the cup in {1990 + i}.", f"In {1990 + i} the cup went to team {i}.", "sport") if i % 2 else
+         (f"City {i} lies on river {i}.", f"River {i} runs through city {i}.", "place") for i in range(11)]
+settings = {"seed": 0, "n_clusters": 4, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "max_length": 32,
+            "lr": 5e-5, "adapter_lr": 1e-3, "steps": 4, "batch_size": 5, "precision": "fp32"}
+info = mtpf_student.pre_finetune(encoder.offline_encoder_dir(), "tpl", corpus, pseudo, pairs, settings,
+                                 Path(sys.argv[2]), device="cpu")
+if int(os.environ.get("RANK", "0")) == 0:
+    json.dump({"processes": info["processes"], "grad_norms": info["grad_norms"],
+               "ner": [r["loss_ner"] for r in info["log"]], "cls": [r["loss_cls"] for r in info["log"]]},
+              open(sys.argv[1], "w"))
+'''
+
+
+def _run(tmp_path, processes: int, source: str = SCRIPT) -> dict:
     script, out = tmp_path / "train.py", tmp_path / f"out{processes}.json"
-    script.write_text(SCRIPT)
+    script.write_text(source)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
-    cmd = ([sys.executable, str(script), str(out)] if processes == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            str(script), str(out)])
+    args = [str(script), str(out), str(tmp_path / f"backbones{processes}")]
+    cmd = ([sys.executable, *args] if processes == 1 else
+           [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -68,6 +96,17 @@ def test_two_processes_take_the_steps_and_updates_of_one(tmp_path):
     # the gradients before clipping, step by step, short batch included (clipping would hide a scale error)
     assert two["token_grad_norms"] == pytest.approx(one["token_grad_norms"], rel=1e-4)
     assert two["pairs_grad_norms"] == pytest.approx(one["pairs_grad_norms"], rel=1e-4)
+
+
+def test_pre_finetuning_in_two_processes_keeps_every_in_batch_negative(tmp_path):
+    one, two = _run(tmp_path, 1, PRE_FINETUNING), _run(tmp_path, 2, PRE_FINETUNING)
+    assert one["processes"] == 1 and two["processes"] == 2
+    # step 1's losses come before any update; later ones depend on the updates both losses made
+    assert two["ner"] == pytest.approx(one["ner"], rel=1e-4)
+    assert two["cls"] == pytest.approx(one["cls"], rel=1e-4)
+    assert two["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-4)
+    # rank 0 alone saved one plain backbone per downstream family
+    assert sorted(p.name for p in (tmp_path / "backbones2").iterdir()) == ["cls", "ner"]
 
 
 def test_shards_cover_a_batch_once():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ie_helpers import config
+from ie_helpers import config, models
 from ie_helpers.errors import IEError
 from ie_helpers.papers import clinical_runs, launch, mtpf_runs
 
@@ -56,6 +56,16 @@ def test_a_launched_leave_one_dataset_out_run_is_the_notebooks_multi_task_run():
         cfg, "lora", cfg["lrs"]["decoder_lora"][0], 0))
     assert run.cached and run.key == out["key"]
     assert {r["completion"][0]["content"] for r in records}  # a real mixture, not an empty one
+    # the fine-tuning of half the held-out sample on the merged multi-task model, as the notebook's MT + f loop
+    tuned = summary(launched("--paper", "clinical", "--system", "lodo", "--fraction", "0.5", "--seed", "0"))
+    task = prepared["tasks"][("ce", held[0])]
+    mt_model = clinical_runs.clinical.merged_model_folder(cfg["decoders"][0], run, models.cache_dir() / "clinical")
+    items = clinical_runs.train_items(task, 0, clinical_runs.clinical.fraction_size(task["n_train"], 0.5))
+    ft_run, _, _ = clinical_runs.decoder_run(cfg, cfg["decoders"][0], "ce", task, items, "lora",
+                                             cfg["lrs"]["decoder_lora"][0], 0, base=mt_model)
+    assert tuned["cached"] is False and ft_run.cached and ft_run.key == tuned["key"] != out["key"]
+    with pytest.raises(IEError, match="--fraction 0.0: give a share"):
+        clinical_runs.launch_lodo_records(cfg, None, 0, fraction=0.0)
     with pytest.raises(IEError, match="--size does not apply"):
         clinical_runs.launch_lodo_records(cfg, 10, 0)
     with pytest.raises(IEError, match="is not held out"):
@@ -91,14 +101,25 @@ def test_a_launched_mtpf_downstream_run_is_the_notebooks_run_and_pre_finetunes_i
     assert again["stage"] == "pre-finetuning" and again["cached"] is True
 
 
-def test_mtpf_pre_finetuning_refuses_more_than_one_process():
-    # encoder token and pair classifiers shard their batches under DDP (tests/test_distributed.py); InfoNCE would not
-    proc = launched("--paper", "mtpf", env={**os.environ, "WORLD_SIZE": "2"})
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "trains in one process" in proc.stderr and "--num_processes 1" in proc.stderr
+@pytest.mark.full  # 45 s; make test keeps the steps-equal check of tests/test_distributed.py
+@needs_data
+def test_mtpf_pre_finetuning_launched_on_two_processes_is_the_notebooks_backbone():
+    # torchrun, two CPU processes: the teacher and the student train sharded (InfoNCE over gathered embeddings,
+    # tests/test_distributed.py checks the steps equal one process's); rank 0 writes, the notebook's path reads
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "ie_helpers.papers.launch", "--profile", "smoke", "--paper", "mtpf", "--variant", "ner_only"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    out = summary(proc)
+    assert out["cached"] is False and out["stage"] == "pre-finetuning"
+    cfg = config.load_config("mtpf", "smoke")
+    tasks = mtpf_runs.load_tasks(cfg)
+    folders, info = mtpf_runs.backbones(cfg, mtpf_runs.pre_finetuning_inputs(cfg, tasks), "ner_only")
+    assert info["cached"] and info["processes"] == 2 and folders == out["backbones"]
 
 
 def test_flags_of_another_papers_plan_are_refused():
+    proc = launched("--paper", "clinical", "--fraction", "0.5")
+    assert proc.returncode == 2 and "--fraction selects a leave-one-dataset-out fine-tuning run" in proc.stderr
     proc = launched("--paper", "etlch", "--variant", "tpl")
     assert proc.returncode == 2 and "--variant do not select a etlch run: it takes --size, --seed, --lr" in proc.stderr
     proc = launched("--paper", "clinical", "--system", "gpu")

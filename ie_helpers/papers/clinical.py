@@ -358,15 +358,16 @@ def mixture_records(datasets: dict, names: Sequence[str], per_dataset: int, temp
 
 def merged_model_folder(model_name: str, run, root: Path) -> str:
     """The base model with the run's adapter merged in, saved once (the start of further fine-tuning)."""
-    from ie_helpers import train
+    from ie_helpers import distributed, train
 
     folder = Path(root) / f"merged-{run.key}"
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").is_file() and distributed.is_main():  # under a launch rank 0 writes it
         model, tokenizer, _ = train.load_for_inference(model_name, run, onednn=False)
         tmp = folder.with_name(folder.name + ".tmp")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(folder)
+    distributed.barrier()
     return str(folder)
 
 

@@ -185,16 +185,21 @@ def lodo_mixture(cfg: dict, pool: dict, names: Sequence[str], held_out: str, see
 
 
 def launch_lodo_records(cfg: dict, size: int | None, seed: int, *, dataset: str | None = None, lr: float | None = None,
-                        family: str = "ce", model: str | None = None, method: str = "lora"
-                        ) -> tuple[list[dict], str, dict]:
-    """The records, model and settings of one leave-one-dataset-out multi-task run (held out: ``dataset``, the
-    first held-out dataset by default), as the notebook's leave-one-dataset-out loop builds them."""
+                        fraction: float | None = None, family: str = "ce", model: str | None = None,
+                        method: str = "lora") -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one leave-one-dataset-out run, as the notebook's loop builds them (held
+    out: ``dataset``, the first held-out dataset by default): the multi-task run, or with ``fraction`` the
+    fine-tuning of that share of the held-out training sample on the multi-task model (its adapter merged; the
+    multi-task run is trained first when it is not cached)."""
     if size is not None:
         raise IEError("--size does not apply to a leave-one-dataset-out run: its mixture takes lodo.mixture_size "
-                      "sentences of each other dataset")
+                      "sentences of each other dataset, its fine-tuning --fraction of the held-out training sample")
     if (family, method) != ("ce", "lora") or model not in (None, cfg["decoders"][0]):
         raise IEError(f"leave-one-dataset-out runs are CE LoRA runs of {cfg['decoders'][0]}: leave out --family, "
                       "--method and --model")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise IEError(f"--fraction {fraction}: give a share of the held-out training sample in (0, 1], e.g. "
+                      f"{cfg['lodo']['fractions'][0] if cfg['lodo']['fractions'] else 0.1}")
     prepared = prepare_tasks(cfg)
     pool, names, held = clinical.lodo_setup(cfg, prepared["datasets"], prepared["tasks"], prepared["tokenizer"])
     dataset = dataset or (held[0] if held else None)
@@ -205,8 +210,17 @@ def launch_lodo_records(cfg: dict, size: int | None, seed: int, *, dataset: str 
     if lr is None and len(grid) != 1:
         raise IEError(f"pass --lr: the decoder_lora grid has {len(grid)} rates {grid}; use the CE rate the notebook "
                       "chose on dev (the `chosen` row of its dev_grid.csv)")
-    lr = float(grid[0] if lr is None else lr)
-    return lodo_mixture(cfg, pool, names, dataset, seed), cfg["decoders"][0], decoder_settings(cfg, "lora", lr, seed)
+    settings = decoder_settings(cfg, "lora", float(grid[0] if lr is None else lr), seed)
+    mixture, decoder = lodo_mixture(cfg, pool, names, dataset, seed), cfg["decoders"][0]
+    if fraction is None:
+        return mixture, decoder, settings
+    from ie_helpers import models
+
+    mt_run, _ = clinical.train_sft_measured(decoder, mixture, settings)
+    mt_model = clinical.merged_model_folder(decoder, mt_run, models.cache_dir() / "clinical")  # the notebook's root
+    task = prepared["tasks"][("ce", dataset)]
+    items = train_items(task, seed, clinical.fraction_size(task["n_train"], fraction))
+    return decoder_records(cfg, "ce", task, items, seed, base=mt_model), mt_model, settings
 
 
 def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, family: str = "ce", dataset: str | None = None,

@@ -5,9 +5,8 @@
 Each paper module builds the run exactly as its notebook does, so the run lands in the same cache entry the
 notebook reads: ``launch_records`` gives the records of a decoder (SFT) run, which trains here and under DDP/FSDP;
 ``launch_encoder_run`` trains an encoder run (clinical ``--system encoder``, every MTPF run) with the kit's own
-torch loops, which shard each batch over the processes of a DDP launch (``ie_helpers.distributed``). MTPF
-pre-finetuning is the exception: its InfoNCE loss takes in-batch negatives, which a shard would cut, so it
-trains in one process and refuses more.
+torch loops, which shard each batch over the processes of a DDP launch (``ie_helpers.distributed``); MTPF
+pre-finetuning gathers the sentence embeddings of every process, so InfoNCE keeps the whole batch's negatives.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from ie_helpers.train import train_sft
 
 LAUNCHABLE = {"clinical": clinical_runs, "etlch": etlch, "finner": finner, "loraplus": loraplus, "mtpf": mtpf_runs}
 # the flags that select a plan row of each paper, besides --size and --seed
-ROW_FLAGS = {"clinical": ("system", "family", "dataset", "model", "method", "lr", "split"), "etlch": ("lr",),
+ROW_FLAGS = {"clinical": ("system", "family", "dataset", "model", "method", "lr", "split", "fraction"), "etlch": ("lr",),
              "finner": (), "loraplus": ("role", "method", "lr"),
              "mtpf": ("variant", "stage", "dataset", "lr", "fraction", "split")}
 
@@ -49,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
                                    "main run) or dev (a dev-grid run)")
     p.add_argument("--variant", help="mtpf: the pre-finetuning variant (default tpl)")
     p.add_argument("--stage", help="mtpf: pre-finetuning (default) or downstream (a NER run on the variant's backbone)")
-    p.add_argument("--fraction", type=float, help="mtpf downstream: share of the training sample (the M5 runs: 0.1)")
+    p.add_argument("--fraction", type=float, help="mtpf downstream: share of the training sample (the M5 runs: 0.1); "
+                                                  "clinical lodo: fine-tune that share of the held-out training "
+                                                  "sample on the merged multi-task model")
     return p
 
 
@@ -70,9 +71,6 @@ def processes() -> int:
 
 
 def launch_encoder(module, paper: str, cfg: dict, args, row: dict) -> dict:
-    if processes() > 1 and paper == "mtpf" and row.get("stage", "pre-finetuning") == "pre-finetuning":
-        raise IEError(f"mtpf pre-finetuning trains in one process (its InfoNCE loss takes in-batch negatives, which "
-                      f"a shard would cut), not {processes()}: launch it with --num_processes 1")
     if args.no_cache:
         raise IEError("--no-cache retrains decoder runs only: delete an encoder run's cache entry to retrain it")
     return module.launch_encoder_run(cfg, args.size, args.seed, **row)
@@ -100,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if system not in ("decoder", "encoder", "lodo"):
             raise IEError(f"--system {system}: use decoder, encoder or lodo (clinical: a leave-one-dataset-out "
                           "multi-task run)")
+        if args.paper == "clinical" and "fraction" in row and system != "lodo":
+            raise IEError("--fraction selects a leave-one-dataset-out fine-tuning run (--system lodo); a "
+                          f"{system} run takes --size")
         cfg = config.load_config(args.paper, args.profile)
         if system == "encoder" or not hasattr(module, "launch_records"):
             summary = launch_encoder(module, args.paper, cfg, args, row)

@@ -13,19 +13,15 @@ classification tasks read by a linear probe on frozen mean-pooled embeddings.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ie_helpers import data, encoder, engine, ner, verdicts
-from ie_helpers.embeddings import embed, info_nce, linear_probe, payload_key, sentence_embeddings, word_embeddings
+from ie_helpers import data, engine, ner, verdicts
+from ie_helpers.embeddings import linear_probe, payload_key, sentence_embeddings, word_embeddings
 
 __all__ = ["word_embeddings", "sentence_embeddings", "linear_probe", "payload_key"]  # the notebook reads them here
 from ie_helpers.errors import IEError
@@ -183,186 +179,6 @@ def purity_table(clusters: Sequence[int], tags: Sequence[str]) -> dict:
             "purity_entity_words": purity([c for c, _ in inside], [t for _, t in inside]) if inside else float("nan"),
             "majority_baseline_entity_words": (pd.Series([t for _, t in inside]).value_counts().iloc[0] / len(inside)
                                                if inside else float("nan"))}
-
-
-# --------------------------------------------------------------------------- the student
-
-
-def adapter_targets(model, layers: int | None) -> list[str]:
-    """Names of the query/key and MLP Linear layers of the last ``layers`` transformer layers (None = all)."""
-    import re
-
-    import torch.nn as nn
-
-    found = {}
-    for name, mod in model.named_modules():
-        m = re.search(r"\.layer\.(\d+)\.(.+)$", name)
-        if not (m and isinstance(mod, nn.Linear)):
-            continue
-        inner = m.group(2)
-        leaf = inner.rsplit(".", 1)[-1]
-        if leaf in {"query", "key", "q", "k", "q_lin", "k_lin"} or inner in {
-                "intermediate.dense", "output.dense", "ffn.lin1", "ffn.lin2"}:
-            found.setdefault(int(m.group(1)), []).append(name)
-    if not found:
-        raise IEError(f"{type(model).__name__}: found no query/key/MLP layers to put task-primary LoRA modules on")
-    keep = sorted(found)[-layers:] if layers else sorted(found)
-    return [n for i in keep for n in found[i]]
-
-
-def build_student(model_dir, variant: Variant, n_clusters: int, lora: dict):
-    """(model, NER head, tokenizer): the backbone, with one named LoRA adapter per objective when the variant
-    has task-primary modules. Every backbone weight trains; adapters only through their own family's loss."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    with encoder._quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModel.from_pretrained(str(model_dir))
-    head = torch.nn.Linear(model.config.hidden_size, n_clusters)
-    model.adapter_targets = adapter_targets(model, variant.layers) if variant.adapters else []
-    if variant.adapters:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
-                         target_modules=model.adapter_targets)
-        model = get_peft_model(model, cfg, adapter_name=variant.losses[0])
-        for family in variant.losses[1:]:
-            model.add_adapter(family, cfg)
-        for name, p in model.named_parameters():
-            if "lora_" not in name:
-                p.requires_grad_(True)
-    return model, head, tok
-
-
-def family_loss(model, head, family: str, batch: dict):
-    import torch
-
-    if family == "ner":
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = head(model(**inputs).last_hidden_state.float())
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
-                                                 ignore_index=encoder.IGNORE_INDEX)
-    return info_nce(embed(model, batch["a"]), embed(model, batch["b"]))
-
-
-def backward_family(model, head, family: str, batch: dict, autocast=None) -> float:
-    """One family's loss and its gradients; with task-primary modules only that family's adapter is active."""
-    import contextlib
-
-    if hasattr(model, "set_adapter") and family in getattr(model, "peft_config", {}):
-        model.set_adapter(family)
-    with autocast or contextlib.nullcontext():
-        loss = family_loss(model, head, family, batch)
-    loss.backward()
-    return float(loss.detach())
-
-
-def _pair_batch(tok, pairs, max_length: int) -> dict:
-    enc = lambda texts: dict(tok(list(texts), padding=True, truncation=True, max_length=max_length,  # noqa: E731
-                                 return_tensors="pt"))
-    return {"a": enc(p[0] for p in pairs), "b": enc(p[1] for p in pairs)}
-
-
-def pre_finetune(model_dir, variant_name: str, corpus: Sequence[dict], pseudo: Sequence[Sequence[int]],
-                 pairs: Sequence[tuple[str, str]], settings: dict, out_dir: Path) -> dict:
-    """Train one variant and save a plain backbone per downstream family (the family's adapter merged) under
-    ``out_dir/<family>``; returns the training log. ``pseudo`` holds one cluster id per corpus word."""
-    import torch
-    from transformers import DataCollatorForTokenClassification
-
-    variant = VARIANTS[variant_name]
-    torch.manual_seed(settings["seed"])
-    model, head, tok = build_student(model_dir, variant, settings["n_clusters"], settings["lora"])
-    targets = list(model.adapter_targets)
-    labels = [[f"c{c}" for c in seq] for seq in pseudo]
-    label2id = {f"c{c}": c for c in range(settings["n_clusters"])}
-    tokens = [s["tokens"][:len(p)] for s, p in zip(corpus, pseudo)]
-    features, _ = encoder.tokenize_and_align(tok, tokens, labels, label2id, settings["max_length"])
-    collate = DataCollatorForTokenClassification(tok, padding=True, label_pad_token_id=encoder.IGNORE_INDEX)
-    adapter_params = [p for n, p in model.named_parameters() if "lora_" in n] + list(head.parameters())
-    backbone_params = [p for n, p in model.named_parameters() if "lora_" not in n]
-    opt = torch.optim.AdamW([{"params": backbone_params, "lr": settings["lr"]},
-                             {"params": adapter_params, "lr": settings["adapter_lr"]}], weight_decay=0.01)
-    steps, warmup = settings["steps"], max(1, settings["steps"] // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
-    gen = torch.Generator().manual_seed(settings["seed"])
-    lengths = [len(f["input_ids"]) for f in features]
-    category_ids = {c: i for i, c in enumerate(sorted({p[2] for p in pairs}))}
-    categories = [category_ids[p[2]] for p in pairs]
-    ner_batches, pair_batches = [], []
-    autocast = encoder._autocast("cpu", settings.get("precision", "auto"))
-    log = []
-    model.train()
-    for step in range(steps):
-        losses = {}
-        if "ner" in variant.losses:
-            if not ner_batches:
-                ner_batches = encoder.batch_order(len(features), settings["batch_size"], gen, lengths)
-            batch = collate([features[i] for i in ner_batches.pop()])
-            losses["ner"] = backward_family(model, head, "ner", batch, autocast)
-        if "cls" in variant.losses:
-            if not pair_batches:  # batches of one WebNLG category: negatives share the topic, so they are hard
-                pair_batches = encoder.batch_order(len(pairs), settings["batch_size"], gen, categories)
-            batch = _pair_batch(tok, [pairs[i] for i in pair_batches.pop()], settings["max_length"])
-            losses["cls"] = backward_family(model, head, "cls", batch, autocast)
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        log.append({"step": step + 1, **{f"loss_{k}": v for k, v in losses.items()}})
-    model.eval()
-    for family in DOWNSTREAM[variant_name]:
-        save_backbone(model, tok, family, out_dir / family)
-    return {"log": log, "targets": targets}
-
-
-def save_backbone(model, tok, family: str, folder: Path) -> None:
-    """A plain encoder folder: the family's adapter merged into a copy of the backbone (others dropped)."""
-    plain = model
-    if hasattr(model, "merge_and_unload"):
-        with encoder._quiet_transformers():
-            plain = copy.deepcopy(model)
-        if family in plain.peft_config:
-            plain = plain.merge_and_unload(adapter_names=[family])
-        else:
-            plain = plain.unload()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with encoder._quiet_transformers():
-        plain.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
-def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs, settings: dict,
-                            cache: Path) -> tuple[dict[str, str], dict]:
-    """Backbone folder per downstream family for one variant, trained once and reused from ``cache``. Each folder
-    carries ``pre_finetuning.json`` (its payload key), so cache keys built from the folder tell variants apart."""
-    if variant_name == "base":
-        return {f: str(model_dir) for f in DOWNSTREAM["base"]}, {"cached": True, "train_s": 0.0}
-    from ie_helpers.models import resolve_model
-
-    payload = {"backbone": resolve_model(str(model_dir)).fingerprint, "variant": variant_name,
-               "settings": settings, "corpus": [s["tokens"] for s in corpus], "pseudo": [list(map(int, p)) for p in pseudo],
-               "pairs": [list(p) for p in pairs], "revision": 2}
-    key = payload_key(payload)
-    root = cache / f"{variant_name}-{key}"
-    done = root / "done.json"
-    cached = done.exists()
-    if not cached:
-        import time
-
-        t0 = time.perf_counter()
-        result = pre_finetune(model_dir, variant_name, corpus, pseudo, pairs, settings, root)
-        for family in DOWNSTREAM[variant_name]:
-            (root / family / "pre_finetuning.json").write_text(
-                json.dumps({"variant": variant_name, "key": key, "family": family}), encoding="utf-8")
-        done.write_text(json.dumps({"train_s": time.perf_counter() - t0, **result}), encoding="utf-8")
-    info = json.loads(done.read_text(encoding="utf-8"))
-    return {f: str(root / f) for f in DOWNSTREAM[variant_name]}, {**info, "cached": cached}
 
 
 # --------------------------------------------------------------------------- downstream

@@ -1,7 +1,8 @@
 """The MTPF-TPL notebook's runs as functions: the downstream tasks, the teacher, the pseudo-labels, the
 pre-finetuning of a variant and the downstream NER runs are built the same way whether the notebook asks for them or
 ``python -m ie_helpers.papers.launch --paper mtpf`` trains one, so a launched run lands in the cache entry the
-notebook reads. Every run here is a hand-written torch loop: it trains in one process.
+notebook reads. Every run here is a hand-written torch loop; under ``torchrun`` / ``accelerate launch`` each shards
+its batches over the processes (``ie_helpers.distributed``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pandas as pd
 
 from ie_helpers import data, encoder, generate, models
 from ie_helpers.errors import IEError
-from ie_helpers.papers import mtpf
+from ie_helpers.papers import mtpf, mtpf_student
 
 STAGES = ("pre-finetuning", "downstream")
 
@@ -113,7 +114,7 @@ def pre_finetuning_inputs(cfg: dict, tasks: dict) -> dict:
 def backbones(cfg: dict, inputs: dict, variant: str) -> tuple[dict[str, str], dict]:
     """The variant's backbone folder per downstream family, pre-finetuned once (cached) and its training log."""
     student = models.resolve_model(cfg["backbone"])
-    return mtpf.pre_finetuned_backbones(student.path, variant, inputs["corpus"], inputs["pseudo"], inputs["pairs"],
+    return mtpf_student.pre_finetuned_backbones(student.path, variant, inputs["corpus"], inputs["pseudo"], inputs["pairs"],
                                         cfg["pre_finetuning"], cache_root() / "backbones")
 
 
