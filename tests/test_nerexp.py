@@ -7,6 +7,7 @@ Nothing here loads a model (a fake tokenizer counts characters).
 import importlib.util
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -514,7 +515,10 @@ def test_loraplus_roles_that_run():
 def test_loraplus_launch_draws_the_notebooks_training_sentences(monkeypatch):
     cfg = load_config("loraplus", "smoke", train_entity_share=1.0)
     pool = [{"tokens": [f"w{i}", "x"], "tags": ["B-Disease", "O"] if i % 4 == 0 else ["O", "O"]} for i in range(40)]
-    monkeypatch.setattr(nerexp, "load_ner_data", lambda *a, **k: {"train": pool})
+    prov = [SimpleNamespace(source="test")]
+    monkeypatch.setattr(nerexp, "load_ner_data", lambda *a, **k: {"train": pool, "dev": pool[:4], "test": pool[4:8],
+                                                                  "provenance": prov, "notes": []})
+    monkeypatch.setattr(nerexp, "data_statement", lambda *a, **k: "")
     monkeypatch.setattr(nerexp, "filter_by_length", lambda sents, *a, **k: (list(sents), 0))
     records, _, settings = loraplus.launch_records(cfg, 6, seed=1, role="biomedical", method="lora")
     expected = nerexp.training_sample(pool, 6, 1, entity_share=1.0)

@@ -180,18 +180,87 @@ def finner_claim_rules(*, systems, comparisons, final_system, llm_baselines, pap
     return claims
 
 
-def launch_records(cfg: dict, size: int | None, seed: int) -> tuple[list[dict], str, dict]:
-    """The records, model and settings of one LoRA run, built from the same training pool as the notebook (dev
-    held out); the learning rate is the recipe's (the notebook's is chosen on dev: pass it with ``training``)."""
+# --------------------------------------------------------------------------- the notebook's runs, also launchable
+
+def prepare_data(cfg: dict) -> dict:
+    """The notebook's data step: the corpus, its types, the sentences that fit ``training.max_length``, the dev
+    sentences of the grid and the test sentences every system answers (the launch builds the same)."""
     from transformers import AutoTokenizer
 
-    from ie_helpers import models, nerexp
+    from ie_helpers import data, models
 
     ds = nerexp.load_ner_data(cfg["dataset"], eval_dataset=cfg["eval_dataset"], eval_split=cfg["eval_split"],
                               need_dev=True, allow_synthetic=cfg["allow_synthetic"])
     types = nerexp.entity_types(ds["train"])
     tok = AutoTokenizer.from_pretrained(models.resolve_model(cfg["model"]).path)
-    train_ok, _ = nerexp.filter_by_length(ds["train"], types, tok, cfg["training"]["max_length"], cfg["label_names"])
-    n = size or (len(train_ok) if cfg["train_size"] is None else cfg["train_size"])
-    sents = nerexp.training_sample(train_ok, n, seed, entity_share=cfg["train_entity_share"])
-    return nerexp.ner_records(sents, types, cfg["label_names"]), cfg["model"], {**cfg["training"], "seed": seed}
+    max_len = cfg["training"]["max_length"]
+    train_ok, dropped_train = nerexp.filter_by_length(ds["train"], types, tok, max_len, cfg["label_names"])
+    test_ok, dropped_test = nerexp.filter_by_length(ds["test"], types, tok, max_len, cfg["label_names"])
+    dev_ok, _ = nerexp.filter_by_length(ds["dev"], types, tok, max_len, cfg["label_names"])
+    n_eval = len(test_ok) if cfg["eval_size"] is None else min(cfg["eval_size"], len(test_ok))
+    return {"ds": ds, "types": types, "tokenizer": tok, "train_ok": train_ok, "dropped_train": dropped_train,
+            "dropped_test": dropped_test,
+            "dev_sents": data.nested_sample(dev_ok, min(cfg["lr_grid"]["dev_size"], len(dev_ok)), seed=4321,
+                                            what="dev sentences for tuning"),
+            "n_train": len(train_ok) if cfg["train_size"] is None else cfg["train_size"],
+            "eval_sents": data.nested_sample(test_ok, n_eval, seed=1234, what="test sentences")}
+
+
+def training_set(cfg: dict, prepared: dict, seed: int, size: int | None = None) -> list[dict]:
+    """One seed's training sentences (``size`` of them, the recipe's by default), with the recipe's entity share."""
+    return nerexp.training_sample(prepared["train_ok"], size or prepared["n_train"], seed,
+                                  entity_share=cfg["train_entity_share"])
+
+
+def lora_settings(cfg: dict, lr: float, seed: int) -> dict:
+    return {**cfg["training"], "lr": float(lr), "seed": seed}
+
+
+def encoder_tags(cfg: dict, train_sents: Sequence[dict], method: str, seed: int, lr: float,
+                 sents: Sequence[dict]) -> tuple[list[list[str]], dict]:
+    """Train one encoder baseline on ``train_sents`` and tag ``sents``; cached on disk like generations."""
+    from ie_helpers import encoder, models
+
+    et = cfg["encoder_training"]
+    return encoder.train_and_predict_cached(
+        models.resolve_model(cfg["encoder"]).path, [s["tokens"] for s in train_sents], [s["tags"] for s in train_sents],
+        [s["tokens"] for s in sents], max_length=et["max_length"], method=method, seed=seed, epochs=et["epochs"],
+        batch_size=et["batch_size"], lr=lr, lora_r=et["lora_r"], lora_alpha=et["lora_alpha"])
+
+
+def _launch_lr(cfg: dict, method: str, lr: float | None) -> float:
+    grid = cfg["lr_grid"]["lrs"].get(method, [])
+    if lr is None and len(grid) != 1:
+        raise IEError(f"pass --lr: the {method} grid has {len(grid)} rates {grid}; use the one the notebook chose on "
+                      "dev (the `chosen` row of its dev_grid.csv)")
+    return float(grid[0] if lr is None else lr)
+
+
+def launch_records(cfg: dict, size: int | None, seed: int, *, lr: float | None = None,
+                   method: str = "lora") -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one LoRA run (a dev-grid run, or a main run at the dev-chosen ``lr``),
+    built as the notebook builds them."""
+    if method != "lora":
+        raise IEError(f"--method {method}: a finner decoder run is a LoRA run; encoder runs take --system encoder")
+    settings = lora_settings(cfg, _launch_lr(cfg, "lora", lr), seed)
+    prepared = prepare_data(cfg)
+    records = nerexp.ner_records(training_set(cfg, prepared, seed, size), prepared["types"], cfg["label_names"])
+    return records, cfg["model"], settings
+
+
+def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, method: str | None = None, lr: float | None = None,
+                       split: str = "test") -> dict:
+    """Train (cached) one encoder baseline as the notebook does and tag its evaluation sentences: ``split`` test
+    (a main run) or dev (a dev-grid run); returns a summary."""
+    method = method or cfg["encoder_methods"][0]
+    if method not in cfg["encoder_methods"]:
+        raise IEError(f"--method {method}: this profile's encoder methods are {', '.join(cfg['encoder_methods'])}")
+    if split not in ("dev", "test"):
+        raise IEError(f"--split {split}: an encoder run tags the dev (grid) or test (main run) sentences")
+    lr = _launch_lr(cfg, f"encoder_{method}", lr)
+    prepared = prepare_data(cfg)
+    sents = prepared["dev_sents" if split == "dev" else "eval_sents"]
+    tags, info = encoder_tags(cfg, training_set(cfg, prepared, seed, size), method, seed, lr, sents)
+    return {"system": "encoder", "method": method, "lr": lr, "split": split, "seed": seed, "cached": info["cached"],
+            "train_seconds": round(info["train_seconds"], 2), "n_steps": info["n_steps"],
+            "micro_f1": nerexp.score_tags(tags, sents, n_boot=1).metrics["micro_f1"]}

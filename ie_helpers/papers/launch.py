@@ -4,7 +4,8 @@
 
 Each paper module builds the run exactly as its notebook does, so the run lands in the same cache entry the
 notebook reads: ``launch_records`` gives the records of a decoder (SFT) run, which trains here and under DDP/FSDP;
-``launch_encoder_run`` trains an encoder run (clinical ``--system encoder``, every MTPF run) with the kit's own
+``launch_encoder_run`` trains an encoder run (clinical and finner ``--system encoder``, loraplus ``--method encoder``,
+every MTPF run) with the kit's own
 torch loops, which shard each batch over the processes of a DDP launch (``ie_helpers.distributed``); MTPF
 pre-finetuning gathers the sentence embeddings of every process, so InfoNCE keeps the whole batch's negatives.
 """
@@ -24,7 +25,7 @@ from ie_helpers.train import train_sft
 LAUNCHABLE = {"clinical": clinical_runs, "etlch": etlch, "finner": finner, "loraplus": loraplus, "mtpf": mtpf_runs}
 # the flags that select a plan row of each paper, besides --size and --seed
 ROW_FLAGS = {"clinical": ("system", "family", "dataset", "model", "method", "lr", "split", "fraction"), "etlch": ("lr",),
-             "finner": (), "loraplus": ("role", "method", "lr"),
+             "finner": ("system", "method", "lr", "split"), "loraplus": ("role", "method", "lr", "split"),
              "mtpf": ("variant", "stage", "dataset", "lr", "fraction", "split")}
 
 
@@ -36,16 +37,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="retrain a decoder run even when it is cached")
     p.add_argument("--role", help="loraplus: the dataset role (default: the dev grid's)")
-    p.add_argument("--method", help="loraplus: lora, loraplus (default) or full; clinical: lora (default) or full")
+    p.add_argument("--method", help="loraplus: lora, loraplus (default), full or encoder (the encoder baseline); "
+                                    "clinical: lora (default) or full; finner encoder: full or lora")
     p.add_argument("--lr", type=float, help="the (base) learning rate the notebook chose on dev (needed when the "
                                             "recipe's grid has several)")
     p.add_argument("--system", help="clinical: decoder (default), encoder, or lodo (the multi-task run of a "
-                                    "leave-one-dataset-out split; --dataset names the held-out dataset)")
+                                    "leave-one-dataset-out split; --dataset names the held-out dataset); finner: "
+                                    "decoder (default) or encoder (the encoder baseline)")
     p.add_argument("--family", help="clinical: ce (default) or re")
     p.add_argument("--dataset", help="clinical: the task's dataset; mtpf: the downstream NER task (default: the first)")
     p.add_argument("--model", help="clinical: one of the recipe's decoders or encoders (default: the first)")
-    p.add_argument("--split", help="clinical encoder, mtpf downstream: the items the run predicts, test (default; a "
-                                   "main run) or dev (a dev-grid run)")
+    p.add_argument("--split", help="encoder runs (clinical, finner, loraplus) and mtpf downstream runs: the items the "
+                                   "run predicts, test (default; a main run) or dev (a dev-grid run)")
     p.add_argument("--variant", help="mtpf: the pre-finetuning variant (default tpl)")
     p.add_argument("--stage", help="mtpf: pre-finetuning (default) or downstream (a NER run on the variant's backbone)")
     p.add_argument("--fraction", type=float, help="mtpf downstream: share of the training sample (the M5 runs: 0.1); "
@@ -102,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             raise IEError("--fraction selects a leave-one-dataset-out fine-tuning run (--system lodo); a "
                           f"{system} run takes --size")
         cfg = config.load_config(args.paper, args.profile)
-        if system == "encoder" or not hasattr(module, "launch_records"):
+        if system == "lodo" and not hasattr(module, "launch_lodo_records"):
+            raise IEError(f"--system lodo: {args.paper} has no leave-one-dataset-out runs")
+        if system == "encoder" or row.get("method") == "encoder" or not hasattr(module, "launch_records"):
             summary = launch_encoder(module, args.paper, cfg, args, row)
         else:
             summary = launch_decoder(module, cfg, args, row, system)

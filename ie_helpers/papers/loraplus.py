@@ -257,10 +257,66 @@ def peak_evidence(curve_counts: dict, *, tol: float = 0.01, n_boot: int = 1000,
                                             "lo", "hi"])
 
 
-def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None = None, method: str = "loraplus",
-                   lr: float | None = None) -> tuple[list[dict], str, dict]:
-    """The records, model and settings of one plan row (a role, a method, a base learning rate), built from the
-    same training pool as the notebook, so the run lands in the cache entry the notebook reads."""
+# --------------------------------------------------------------------------- the notebook's runs, also launchable
+
+def load_roles(cfg: dict, tokenizer, names: Sequence[str] | None = None) -> tuple[dict, dict, list]:
+    """The notebook's data step for each role (``names``: all of ``cfg['datasets']`` by default): its types, the
+    sentences that fit ``training.max_length``, the test and dev samples; with the data statements and the
+    provenance rows."""
+    from ie_helpers import data
+
+    roles, statements, provenance = {}, {}, []
+    for role in names or cfg["datasets"]:
+        spec = cfg["datasets"][role]
+        ds = nerexp.load_ner_data(spec["name"], need_dev=True, allow_synthetic=cfg["allow_synthetic"])
+        types = nerexp.entity_types(ds["train"])
+        kept, dropped = {}, {}
+        for split in ("train", "dev", "test"):
+            kept[split], dropped[split] = nerexp.filter_by_length(ds[split], types, tokenizer,
+                                                                  cfg["training"]["max_length"], cfg["label_names"],
+                                                                  cfg["instruction"])
+        n_eval = len(kept["test"]) if cfg["eval_size"] is None else min(cfg["eval_size"], len(kept["test"]))
+        user = ds["provenance"][0].source == "user-file"
+        roles[role] = {"name": spec["name"], "label": f"your file {spec['name']}" if user else spec["name"],
+                       "types": types, "train": kept["train"], "dropped": dropped,
+                       "test": data.nested_sample(kept["test"], n_eval, seed=1234, what=f"{role} test sentences"),
+                       "dev": data.nested_sample(kept["dev"], min(cfg["dev_size"], len(kept["dev"])), seed=4321,
+                                                 what=f"{role} dev sentences"),
+                       "dev_pool": kept["dev"], "synthetic": any(p.source == "synthetic" for p in ds["provenance"])}
+        statements[role] = nerexp.data_statement(spec["name"], ds["provenance"], ds["notes"])
+        provenance += [{**p.__dict__, "role": role} for p in ds["provenance"]]
+    return roles, statements, provenance
+
+
+def grid_dev_sentences(cfg: dict, roles: dict) -> list[dict]:
+    """The dev sentences every dev-grid run answers (of ``lr_grid.role``)."""
+    from ie_helpers import data
+
+    grid_cfg = cfg["lr_grid"]
+    pool = roles[grid_cfg["role"]]["dev_pool"]
+    return data.nested_sample(pool, min(grid_cfg["dev_size"], len(pool)), seed=4321,
+                              what=f"{grid_cfg['role']} dev sentences for tuning")
+
+
+def training_sentences(cfg: dict, roles: dict, role: str, train_size: int, seed: int) -> list[dict]:
+    """One run's training sentences: the role's usable pool, with the recipe's least entity share."""
+    return nerexp.training_sample(roles[role]["train"], int(train_size), int(seed),
+                                  entity_share=cfg["train_entity_share"], what=f"{role} training sentences")
+
+
+def encoder_tags(cfg: dict, roles: dict, role: str, train_size: int, seed: int, lr: float | None,
+                 eval_sents: Sequence[dict]) -> tuple[list[list[str]], dict]:
+    """Train the encoder baseline of one plan row and tag ``eval_sents``; cached on disk like generations."""
+    from ie_helpers import encoder, models
+
+    ec, sents = cfg["encoder"], training_sentences(cfg, roles, role, train_size, seed)
+    return encoder.train_and_predict_cached(
+        models.resolve_model(ec[role]).path, [s["tokens"] for s in sents], [s["tags"] for s in sents],
+        [s["tokens"] for s in eval_sents], max_length=ec["max_length"], method=ec["method"], seed=int(seed),
+        epochs=ec["epochs"], batch_size=ec["batch_size"], lr=float(lr) if lr is not None and lr == lr else ec["lr"])
+
+
+def _launch_setup(cfg: dict, size: int | None, role: str | None) -> tuple[str, dict, int]:
     from transformers import AutoTokenizer
 
     from ie_helpers import models
@@ -268,18 +324,42 @@ def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None =
     role = role or cfg["lr_grid"]["role"]
     if role not in cfg["datasets"]:
         raise IEError(f"role '{role}' is not in datasets ({', '.join(cfg['datasets'])})")
-    if method not in ("lora", "loraplus", "full"):
-        raise IEError(f"method '{method}' cannot be launched: use lora, loraplus or full")
-    ds = nerexp.load_ner_data(cfg["datasets"][role]["name"], need_dev=True, allow_synthetic=cfg["allow_synthetic"])
-    types = nerexp.entity_types(ds["train"])
     tok = AutoTokenizer.from_pretrained(models.resolve_model(cfg["model"]).path)
-    train_ok, _ = nerexp.filter_by_length(ds["train"], types, tok, cfg["training"]["max_length"], cfg["label_names"],
-                                          cfg["instruction"])
-    n = size or (len(train_ok) if cfg["train_size"] is None else cfg["train_size"])
-    sents = nerexp.training_sample(train_ok, n, seed, entity_share=cfg["train_entity_share"],
-                                   what=f"{role} training sentences")
+    roles, _, _ = load_roles(cfg, tok, [role])
+    n = size or (len(roles[role]["train"]) if cfg["train_size"] is None else cfg["train_size"])
+    return role, roles, n
+
+
+def launch_records(cfg: dict, size: int | None, seed: int, *, role: str | None = None, method: str = "loraplus",
+                   lr: float | None = None) -> tuple[list[dict], str, dict]:
+    """The records, model and settings of one plan row (a role, a method, a base learning rate), built from the
+    same training pool as the notebook, so the run lands in the cache entry the notebook reads."""
+    if method not in ("lora", "loraplus", "full"):
+        raise IEError(f"method '{method}' cannot be launched: use lora, loraplus, full or encoder")
+    role, roles, n = _launch_setup(cfg, size, role)
     ratio = cfg["loraplus_ratio"] if method == "loraplus" else 1.0
     settings = run_settings(cfg["training"], method, ratio, full_lr=cfg["low_resource"]["full_lr"],
                             snapshots=role in cfg["curve_roles"], lr=lr)
-    return (nerexp.ner_records(sents, types, cfg["label_names"], cfg["instruction"]), cfg["model"],
-            {**settings, "seed": seed})
+    return (nerexp.ner_records(training_sentences(cfg, roles, role, n, seed), roles[role]["types"],
+                               cfg["label_names"], cfg["instruction"]), cfg["model"], {**settings, "seed": seed})
+
+
+def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, role: str | None = None, method: str = "encoder",
+                       lr: float | None = None, split: str = "test") -> dict:
+    """Train (cached) the encoder baseline of one plan row as the notebook does and tag its evaluation sentences:
+    ``split`` test (a main run) or dev (a dev-grid run, on ``lr_grid.role``); returns a summary."""
+    if split not in ("dev", "test"):
+        raise IEError(f"--split {split}: an encoder run tags the dev (grid) or test (main run) sentences")
+    grid = cfg["lr_grid"]["lrs"].get("encoder", [])
+    if lr is None and len(grid) > 1:
+        raise IEError(f"pass --lr: the encoder grid has {len(grid)} rates {grid}; use the one the notebook chose on "
+                      "dev (the `chosen` row of its dev_grid.csv)")
+    lr = float(grid[0]) if lr is None and grid else lr
+    role, roles, n = _launch_setup(cfg, size, role)
+    if split == "dev" and role != cfg["lr_grid"]["role"]:
+        raise IEError(f"--split dev: the dev grid runs on role '{cfg['lr_grid']['role']}', not '{role}'")
+    sents = grid_dev_sentences(cfg, roles) if split == "dev" else roles[role]["test"]
+    tags, info = encoder_tags(cfg, roles, role, n, seed, lr, sents)
+    return {"role": role, "method": method, "lr": info["lr"], "split": split, "seed": seed, "cached": info["cached"],
+            "train_seconds": round(info["train_seconds"], 2), "n_steps": info["n_steps"],
+            "micro_f1": nerexp.score_tags(tags, sents, n_boot=1).metrics["micro_f1"]}
