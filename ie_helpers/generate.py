@@ -35,6 +35,12 @@ class GenerationStats:
     def new_tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else float("nan")
 
+    def rate_text(self) -> str:
+        """``123 new tokens/s``, or what happened when nothing was generated (every output cached)."""
+        if not self.new_tokens:
+            return "nothing generated: every output came from the cache"
+        return f"{self.new_tokens_per_s:.0f} new tokens/s over {self.n_prompts} prompts"
+
 
 def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
     """Chat messages → token ids ending with the assistant header (generation prompt).

@@ -21,8 +21,28 @@ def setup(output_dir: str | os.PathLike) -> Path:
         shell = get_ipython()
         if shell is not None:
             shell.set_custom_exc((IEError,), _show_ie_error)
+            show_frames_as_tables(shell)
     except ImportError:
         pass
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def frame_html(df) -> str:
+    """A displayed DataFrame as the report's tables look (``report.show_table``: numbers to their precision,
+    missing values as a dash); an index that carries information becomes a column."""
+    import pandas as pd
+
+    from ie_helpers.report import show_table
+
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None or df.index.start != 0:
+        df = df.reset_index()
+    return show_table(df).data
+
+
+def show_frames_as_tables(shell) -> None:
+    """Every ``display(frame)`` in the kernel renders through :func:`frame_html`."""
+    import pandas as pd
+
+    shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, frame_html)

@@ -247,9 +247,8 @@ def format_number(x) -> str:
 def show_table(df: pd.DataFrame, caption: str | None = None) -> HTML:
     """Table as HTML for ``display()``, with verdict cells coloured, deviations highlighted and numbers printed
     to their precision (``format_number``)."""
-    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
-    styler = (df.style.hide(axis="index").format(escape="html").format(format_number, subset=numeric)
-              .set_table_styles(_TABLE_STYLES))
+    # every cell through format_number: object columns (a transposed frame, mixed types) hold numbers too
+    styler = df.style.hide(axis="index").format(format_number).set_table_styles(_TABLE_STYLES)
     verdict_columns = [col for col in df.columns if "verdict" in str(col).lower()]
     if verdict_columns:
         styler = styler.map(_verdict_cell_style, subset=verdict_columns)
@@ -309,6 +308,10 @@ class StageTimer:
 
     def total(self) -> float:
         return sum(self._seconds.values())
+
+    def summary(self) -> str:
+        """The stages as a reader wants them: ``data 2 s · tuning 672 s · ...``."""
+        return " · ".join(f"{name} {seconds:.0f} s" for name, seconds in self._seconds.items())
 
 
 def torch_device_info() -> dict[str, Any]:

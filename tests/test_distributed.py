@@ -81,7 +81,7 @@ def _run(tmp_path, processes: int, source: str = SCRIPT) -> dict:
     args = [str(script), str(out), str(tmp_path / f"backbones{processes}")]
     cmd = ([sys.executable, *args] if processes == 1 else
            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

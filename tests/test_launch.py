@@ -120,7 +120,7 @@ def test_mtpf_pre_finetuning_launched_on_two_processes_is_the_notebooks_backbone
     # tests/test_distributed.py checks the steps equal one process's); rank 0 writes, the notebook's path reads
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                            "ie_helpers.papers.launch", "--profile", "smoke", "--paper", "mtpf", "--variant", "ner_only"],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     out = summary(proc)
     assert out["cached"] is False and out["stage"] == "pre-finetuning"
     cfg = config.load_config("mtpf", "smoke")

@@ -1,0 +1,34 @@
+"""The README's figures about the committed reports are the reports' own: each paper's wall time (and its cold
+run's, where one is kept) equals the run.json beside the report."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+PAPERS = ["etlch", "finner", "loraplus", "clinical", "mtpf"]
+
+
+def _paragraph(paper: str) -> str:
+    start = README.index(f"`reports/{paper}/` (wall time")
+    end = README.find("\n\n", start)
+    return README[start:end]
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_readme_wall_time_is_the_reports_run_json(paper):
+    said = int(re.match(rf"`reports/{paper}/` \(wall time (\d+) s in its run\.json", _paragraph(paper)).group(1))
+    run = json.loads((REPO / "reports" / paper / "run.json").read_text())
+    assert said == round(run["wall_time_s"]), f"README says {said} s, run.json {run['wall_time_s']:.1f} s"
+
+
+@pytest.mark.parametrize("paper", PAPERS)
+def test_readme_cold_run_is_the_kept_run_cold_json(paper):
+    cold = REPO / "reports" / paper / "run_cold.json"
+    text = re.sub(r"\s+", " ", _paragraph(paper))
+    said = re.search(r"kept as `run_cold\.json`, took (\d+) s", text)
+    assert cold.exists() and said, "each report keeps its cold run and the README quotes it"
+    assert int(said.group(1)) == int(json.loads(cold.read_text())["wall_time_s"])
