@@ -286,3 +286,17 @@ def steps_to_peak_ratio(a: np.ndarray, b: np.ndarray, steps: Sequence[int], *, t
     per_seed = [ratio(np.array([k]), np.arange(n_items)) for k in range(n_seeds)]
     return Evidence(effect=point, lo=lo, hi=hi, seed_effects=tuple(x for x in per_seed if x == x),
                     tuned_on_dev=tuned_on_dev, stand_in=stand_in, level=1 - alpha)
+
+
+DEV_CHOICE = "the one the notebook chose on dev (the `chosen` row of its dev_grid.csv)"
+
+
+def launch_rate(grid: Sequence[float], lr: float | None, name: str, chosen: str = DEV_CHOICE) -> float:
+    """The learning rate of a run launched outside its notebook: ``lr`` (the notebook's dev choice), or the grid's
+    only rate; a grid of several rates needs ``lr``, refused in one line before anything loads."""
+    if lr is not None:
+        return float(lr)
+    if len(grid) != 1:
+        raise IEError(f"pass --lr: the {name} grid has {len(grid)} rates {list(grid)}; use {chosen}")
+    return float(grid[0])
+

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ie_helpers import engine
 from ie_helpers.errors import IEError
 from ie_helpers.papers import clinical
 
@@ -155,12 +156,8 @@ def launch_plan_row(cfg: dict, tasks: dict, *, system: str, family: str, dataset
     model = model or models_of[0]
     if model not in models_of:
         raise IEError(f"{system} '{model}' is not in the recipe's {system}s ({', '.join(models_of)}): pass --model")
-    grid = cfg["lrs"][f"{system}_{method}"]
-    if lr is None and len(grid) != 1:
-        raise IEError(f"pass --lr: the {system}_{method} grid has {len(grid)} rates {grid}; use the one the notebook "
-                      "chose on dev (the `chosen` row of its dev_grid.csv)")
     return {"system": system, "family": family, "dataset": dataset, "model": model, "method": method,
-            "lr": float(grid[0] if lr is None else lr)}
+            "lr": engine.launch_rate(cfg["lrs"][f"{system}_{method}"], lr, f"{system}_{method}")}
 
 
 def launch_records(cfg: dict, size: int | None, seed: int, *, family: str = "ce", dataset: str | None = None,
@@ -206,11 +203,9 @@ def launch_lodo_records(cfg: dict, size: int | None, seed: int, *, dataset: str 
     if dataset not in held:
         raise IEError(f"'{dataset}' is not held out in this profile's leave-one-dataset-out runs: use one of "
                       f"{', '.join(held) or 'none'}")
-    grid = cfg["lrs"]["decoder_lora"]
-    if lr is None and len(grid) != 1:
-        raise IEError(f"pass --lr: the decoder_lora grid has {len(grid)} rates {grid}; use the CE rate the notebook "
-                      "chose on dev (the `chosen` row of its dev_grid.csv)")
-    settings = decoder_settings(cfg, "lora", float(grid[0] if lr is None else lr), seed)
+    lr = engine.launch_rate(cfg["lrs"]["decoder_lora"], lr, "decoder_lora",
+                            "the CE rate the notebook chose on dev (the `chosen` row of its dev_grid.csv)")
+    settings = decoder_settings(cfg, "lora", lr, seed)
     mixture, decoder = lodo_mixture(cfg, pool, names, dataset, seed), cfg["decoders"][0]
     if fraction is None:
         return mixture, decoder, settings

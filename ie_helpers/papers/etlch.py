@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ie_helpers import metrics
+from ie_helpers import engine, metrics
 from ie_helpers import tasks as tasks_module
 from ie_helpers.data import nested_sample
 from ie_helpers.generate import GenerationStats, generate
@@ -117,11 +117,7 @@ def run_settings(cfg: dict, n_records: int, lr: float, seed: int) -> dict:
 def launch_records(cfg: dict, size: int | None, seed: int, lr: float | None = None) -> tuple[list[dict], str, dict]:
     """The records, model and settings of one LoRA run (the notebook's training loop, one size and seed); ``lr``
     is the rate the notebook chose on dev (its dev_grid.csv), needed when the recipe's grid has several."""
-    if lr is None:
-        if len(cfg["lrs"]) != 1:
-            raise IEError(f"pass --lr: the recipe's grid has {len(cfg['lrs'])} rates {cfg['lrs']}; use the one the "
-                          "notebook chose on dev (the `chosen` row of its dev_grid.csv)")
-        lr = cfg["lrs"][0]
+    lr = engine.launch_rate(cfg["lrs"], lr, "recipe's")
     docs = load_documents(cfg)["train"]
     ents, rels = tasks_module.label_sets(docs)
     records = training_records(docs, size or max(cfg["train_sizes"]), seed, tasks=cfg["tasks"], entity_types=ents,

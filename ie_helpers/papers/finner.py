@@ -229,11 +229,7 @@ def encoder_tags(cfg: dict, train_sents: Sequence[dict], method: str, seed: int,
 
 
 def _launch_lr(cfg: dict, method: str, lr: float | None) -> float:
-    grid = cfg["lr_grid"]["lrs"].get(method, [])
-    if lr is None and len(grid) != 1:
-        raise IEError(f"pass --lr: the {method} grid has {len(grid)} rates {grid}; use the one the notebook chose on "
-                      "dev (the `chosen` row of its dev_grid.csv)")
-    return float(grid[0] if lr is None else lr)
+    return engine.launch_rate(cfg["lr_grid"]["lrs"].get(method, []), lr, method)
 
 
 def launch_records(cfg: dict, size: int | None, seed: int, *, lr: float | None = None,

@@ -351,10 +351,7 @@ def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, role: str | No
     if split not in ("dev", "test"):
         raise IEError(f"--split {split}: an encoder run tags the dev (grid) or test (main run) sentences")
     grid = cfg["lr_grid"]["lrs"].get("encoder", [])
-    if lr is None and len(grid) > 1:
-        raise IEError(f"pass --lr: the encoder grid has {len(grid)} rates {grid}; use the one the notebook chose on "
-                      "dev (the `chosen` row of its dev_grid.csv)")
-    lr = float(grid[0]) if lr is None and grid else lr
+    lr = engine.launch_rate(grid, lr, "encoder") if grid or lr is not None else None  # none: the recipe's rate
     role, roles, n = _launch_setup(cfg, size, role)
     if split == "dev" and role != cfg["lr_grid"]["role"]:
         raise IEError(f"--split dev: the dev grid runs on role '{cfg['lr_grid']['role']}', not '{role}'")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ie_helpers import data, encoder, generate, models
+from ie_helpers import data, encoder, engine, generate, models
 from ie_helpers.errors import IEError
 from ie_helpers.papers import mtpf, mtpf_student
 
@@ -161,12 +161,9 @@ def launch_row(cfg: dict, *, variant: str, stage: str, dataset: str | None, lr: 
         raise IEError(f"--split {split}: a downstream run predicts the dev (grid) or test items")
     if not 0 < fraction <= 1:
         raise IEError(f"--fraction {fraction}: give a share of the training sample in (0, 1], e.g. 0.1")
-    grid = cfg["downstream"]["ner"]["lrs"]
-    if lr is None and len(grid) != 1:
-        raise IEError(f"pass --lr: the downstream NER grid has {len(grid)} rates {grid}; use the one the notebook "
-                      f"chose on dev for {variant} (its run.json ner_lr)")
-    return {**row, "dataset": dataset, "lr": float(grid[0] if lr is None else lr), "fraction": fraction,
-            "split": split}
+    lr = engine.launch_rate(cfg["downstream"]["ner"]["lrs"], lr, "downstream NER",
+                            f"the one the notebook chose on dev for {variant} (its run.json ner_lr)")
+    return {**row, "dataset": dataset, "lr": lr, "fraction": fraction, "split": split}
 
 
 def launch_encoder_run(cfg: dict, size: int | None, seed: int, *, variant: str = "tpl",
