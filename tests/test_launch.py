@@ -159,7 +159,7 @@ def _tokenizer(cfg):
 def test_an_encoder_or_lora_launch_needs_the_dev_chosen_rate_before_any_data_loads(monkeypatch):
     monkeypatch.setattr(finner, "prepare_data", lambda cfg: pytest.fail("loaded data before checking --lr"))
     cfg = config.load_config("finner", "cpu")
-    with pytest.raises(IEError, match="pass --lr: the lora grid has 4 rates"):
+    with pytest.raises(IEError, match="pass --lr: the lora grid has 3 rates"):
         finner.launch_records(cfg, None, 0)
     with pytest.raises(IEError, match="pass --lr: the encoder_full grid has 4 rates"):
         finner.launch_encoder_run(cfg, None, 0, method="full")

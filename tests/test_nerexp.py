@@ -293,7 +293,7 @@ def test_steps_to_peak_and_ratio():
         + [("b", "loraplus", 0, s, f) for s, f in [(5, 0.4), (10, 0.6), (15, 0.595), (20, 0.58)]]
         + [("b", "lora", 1, s, 0.0) for s in (5, 10)] + [("b", "loraplus", 1, s, 0.2) for s in (5, 10)],
         columns=["role", "method", "seed", "step", "f1"])
-    peaks = loraplus.steps_to_peak(curves, tol=0.01).set_index(["method", "seed"])
+    peaks = loraplus.peak_per_curve(curves, tol=0.01).set_index(["method", "seed"])
     assert peaks.loc[("lora", 0), "peak_step"] == 20 and peaks.loc[("lora", 0), "censored"]
     assert peaks.loc[("loraplus", 0), "peak_step"] == 10 and not peaks.loc[("lora", 1), "ok"]
     ratios = loraplus.peak_ratios(peaks.reset_index())

@@ -12,6 +12,11 @@ README = (REPO / "README.md").read_text()
 PAPERS = ["etlch", "finner", "loraplus", "clinical", "mtpf"]
 
 
+def _whole_seconds(seconds: float) -> set[int]:
+    """A figure in whole seconds, cut or rounded (2482.9 s reads as 2482 or 2483)."""
+    return {int(seconds), round(seconds)}
+
+
 def _paragraph(paper: str) -> str:
     start = README.index(f"`reports/{paper}/` (wall time")
     end = README.find("\n\n", start)
@@ -22,7 +27,7 @@ def _paragraph(paper: str) -> str:
 def test_readme_wall_time_is_the_reports_run_json(paper):
     said = int(re.match(rf"`reports/{paper}/` \(wall time (\d+) s in its run\.json", _paragraph(paper)).group(1))
     run = json.loads((REPO / "reports" / paper / "run.json").read_text())
-    assert said == round(run["wall_time_s"]), f"README says {said} s, run.json {run['wall_time_s']:.1f} s"
+    assert said in _whole_seconds(run["wall_time_s"]), f"README says {said} s, run.json {run['wall_time_s']:.1f} s"
 
 
 @pytest.mark.parametrize("paper", PAPERS)
@@ -31,4 +36,4 @@ def test_readme_cold_run_is_the_kept_run_cold_json(paper):
     text = re.sub(r"\s+", " ", _paragraph(paper))
     said = re.search(r"kept as `run_cold\.json`, took (\d+) s", text)
     assert cold.exists() and said, "each report keeps its cold run and the README quotes it"
-    assert int(said.group(1)) == int(json.loads(cold.read_text())["wall_time_s"])
+    assert int(said.group(1)) in _whole_seconds(json.loads(cold.read_text())["wall_time_s"])

@@ -212,7 +212,7 @@ def seed_spread(results: pd.DataFrame, value: str = "micro_f1") -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- convergence (L3)
 
-def steps_to_peak(curves: pd.DataFrame, tol: float = 0.01, min_peak: float = 0.01) -> pd.DataFrame:
+def peak_per_curve(curves: pd.DataFrame, tol: float = 0.01, min_peak: float = 0.01) -> pd.DataFrame:
     """Per (role, method, seed) curve: peak F1, the first step within ``tol`` of it, and whether that is the last step.
 
     ``ok`` is False when the curve never reaches ``min_peak`` F1 (nothing learned: no peak to time).

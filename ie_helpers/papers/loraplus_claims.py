@@ -55,7 +55,7 @@ def loraplus_claims(*, results: pd.DataFrame, comparisons: pd.DataFrame, peaks: 
 
     ``results``: one row per (experiment, role, method, ratio, lr, train_size, seed) with ``micro_f1``;
     methods are lora, loraplus, full, encoder; experiments main, sweep, low_resource.
-    ``comparisons``: LoRA+ vs LoRA paired bootstrap per (role, seed). ``peaks``: ``steps_to_peak`` output.
+    ``comparisons``: LoRA+ vs LoRA paired bootstrap per (role, seed). ``peaks``: ``peak_per_curve`` output.
     ``evidence``: ``evidence()`` output; with it, L1/L2 are decided by ``verdicts.comparison`` on CIs over seeds
     and sentences (LoRA+ above LoRA and above the encoder). ``peak_evidence``: role →
     ``engine.steps_to_peak_ratio`` (LoRA+ over LoRA); with it, L3 is decided on that ratio's CI against 1.
