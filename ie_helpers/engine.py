@@ -172,6 +172,20 @@ def paired_effect(a, b, *, stat: str = "mean", n_boot: int = 1000, seed: int = 0
                     stand_in=stand_in, level=1 - alpha)
 
 
+def parts_minus_whole(parts: Sequence, whole, *, stat: str = "micro_f1", n_boot: int = 1000, seed: int = 0,
+                      alpha: float = 0.05, tuned_on_dev: bool = False, stand_in: bool = True) -> Evidence:
+    """The statistic averaged over ``parts`` minus the statistic of ``whole``, all scored on the same seeds and
+    items (e.g. the macro-F1 over a few entity types minus the micro-F1 over all): CI from one bootstrap that
+    resamples seeds and items for every part and the whole together, and the effect in each seed alone."""
+    arrays = [_as_scores(x, stat) for x in [*parts, whole]]
+    if not parts or len({x.shape[:2] for x in arrays}) != 1:
+        raise IEError("parts_minus_whole needs at least one part, every part scored on the whole's seeds and items")
+    point, lo, hi, seed_effects = _bootstrap(arrays, lambda s: float(np.mean(s[:-1])) - s[-1], stat, n_boot, seed,
+                                             alpha)
+    return Evidence(effect=point, lo=lo, hi=hi, seed_effects=tuple(seed_effects), tuned_on_dev=tuned_on_dev,
+                    stand_in=stand_in, level=1 - alpha)
+
+
 def _draw(rng: np.random.Generator, n: int) -> np.ndarray:
     """One bootstrap resample of ``n`` indices (``stats.resampled_indices``, one row)."""
     return next(resampled_indices(rng, n, 1, rows_per_chunk=1))[0]

@@ -126,6 +126,19 @@ def cosine_similarity(
     return np.einsum("ij,ij->i", p, r)
 
 
+def content_cosine(preds: Sequence[Any], refs: Sequence[Any], encoder: Any, batch_size: int = 16) -> np.ndarray:
+    """Per-example embedding cosine on ``content_text`` (what the outputs say, not their JSON keys): 1.0 when both
+    say nothing, 0.0 when only one does, as ``content_rouge_l``; the texts are embedded in one call."""
+    _check_same_length(preds, refs)
+    p, r = [content_text(x) for x in preds], [content_text(x) for x in refs]
+    said = [(bool(_WORD.search(a)), bool(_WORD.search(b))) for a, b in zip(p, r)]
+    both = [i for i, (x, y) in enumerate(said) if x and y]
+    scores = np.array([float(not x and not y) for x, y in said], dtype=float)
+    if both:
+        scores[both] = cosine_similarity([p[i] for i in both], [r[i] for i in both], encoder, batch_size=batch_size)
+    return scores
+
+
 def load_sentence_encoder(model_dir_or_name: str, *, onednn: bool = True) -> Any:
     """A CPU `SentenceTransformer` from a local folder (or a cached hub name).
 

@@ -294,16 +294,20 @@ def score_generated(outputs: Sequence, sentences: Sequence[dict], types: Sequenc
                       rare=rare, n_boot=n_boot, seed=seed)
 
 
-def sentence_counts(score: NERScore, sentences: Sequence[dict]) -> np.ndarray:
-    """(sentences, 3) strict-span tp / fp / fn of one scored system, hallucinated mentions (no span in the
-    sentence) counted as false positives: the input of ``engine`` statistics over seeds and sentences."""
+def sentence_counts(score: NERScore, sentences: Sequence[dict], *, etype: str | None = None,
+                    hallucinated_fp: bool = True) -> np.ndarray:
+    """(sentences, 3) strict-span tp / fp / fn of one scored system: the input of ``engine`` statistics over seeds
+    and sentences. Hallucinated mentions (no span in the sentence) count as false positives unless
+    ``hallucinated_fp`` is off; with ``etype``, only spans of that type count (hallucinated ones have no span)."""
     gold = [ner.spans_from_bio(ner.io_to_bio(s["tags"])) for s in sentences]
     pred = [ner.spans_from_bio(p) for p in score.pred_tags]
     counts = np.zeros((len(gold), 3))
-    halluc = (score.per_sentence["n_hallucinated"].to_numpy() if "n_hallucinated" in score.per_sentence
-              else np.zeros(len(gold)))
+    halluc = (score.per_sentence["n_hallucinated"].to_numpy()
+              if hallucinated_fp and etype is None and "n_hallucinated" in score.per_sentence else np.zeros(len(gold)))
     for k, (g, p) in enumerate(zip(gold, pred)):
         g, p = set(g), set(p)
+        if etype is not None:
+            g, p = {sp for sp in g if sp[-1] == etype}, {sp for sp in p if sp[-1] == etype}
         counts[k] = len(g & p), len(p - g) + halluc[k], len(g - p)
     return counts
 

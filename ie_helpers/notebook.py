@@ -46,3 +46,13 @@ def show_frames_as_tables(shell) -> None:
     import pandas as pd
 
     shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, frame_html)
+
+
+def show_budget_cuts(cfg: dict) -> None:
+    """Show what the profile leaves out to fit its budget (the recipe's ``budget_cuts``), if anything."""
+    if not cfg.get("budget_cuts"):
+        return
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"**Cut from the {cfg['profile']} profile to fit its budget** (the recipe's `budget_cuts`):\n"
+                     + "\n".join(f"- {c}" for c in cfg["budget_cuts"])))

@@ -27,6 +27,11 @@ from ie_helpers.report import atomic_write_bytes
 
 _STYLE = "whitegrid"
 _MAX_FACET_COLUMNS = 3
+_METRIC_COLUMN = "metric"  # a long table's column naming the metric in a generic value column
+_GENERIC_Y = {"mean", "value", "point", "estimate", "score"}  # y columns that name a statistic, not a metric
+_ACRONYMS = {"f1": "F1", "rouge": "ROUGE", "bleu": "BLEU", "ner": "NER", "lora": "LoRA", "auc": "AUC", "ci": "CI"}
+_AVERAGES = {"micro", "macro", "weighted"}
+_FLOOR_COLOR = "0.45"
 
 
 def _require_columns(df: pd.DataFrame, columns: Sequence[str | None], plot_name: str) -> None:
@@ -78,11 +83,41 @@ def _facet_axes(fig: Figure, n_facets: int, *, sharex: bool) -> list[Axes]:
 
 def _facet_title(ax: Axes, facet: str | None, value: Hashable) -> None:
     if facet is not None:
-        ax.set_title(f"{facet} = {value}")
+        shown = _label(value) if facet == _METRIC_COLUMN and isinstance(value, str) else value
+        ax.set_title(f"{_label(facet)} = {shown}")
 
 
-def _label(column: str) -> str:
-    return column.replace("_", " ")
+def _label(column: Hashable) -> str:
+    """Readable axis text for a column name: "micro_f1" -> "micro-F1", "content_rouge_l" -> "content ROUGE-L"."""
+    words: list[str] = []
+    for word in str(column).split("_"):
+        if words and words[-1] == "ROUGE" and len(word) <= 4:
+            words[-1] += "-" + word[:1].upper() + word[1:]
+        elif words and words[-1].lower() in _AVERAGES and word.lower() in _ACRONYMS:
+            words[-1] += "-" + _ACRONYMS[word.lower()]
+        elif word:
+            words.append(_ACRONYMS.get(word.lower(), word))
+    return " ".join(words)
+
+
+def _y_label(df: pd.DataFrame, y: str, facet: str | None, facet_value: Hashable) -> str:
+    """Name the y axis after the metric; a generic column ("mean") borrows the name from a ``metric`` column."""
+    if y not in _GENERIC_Y:
+        return _label(y)
+    if facet == _METRIC_COLUMN:
+        return _label(facet_value)
+    if _METRIC_COLUMN in df.columns and df[_METRIC_COLUMN].nunique() == 1:
+        return _label(df[_METRIC_COLUMN].iloc[0])
+    return f"score ({y})"
+
+
+def _sig2(value: float) -> str:
+    """``value`` rounded to 2 significant figures, without exponent: 43.9137 -> "44", 0.01234 -> "0.012"."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    rounded = round(value, 1 - math.floor(math.log10(abs(value))))
+    decimals = max(0, 1 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{decimals}f}"
 
 
 def _use_log_x(values: pd.Series) -> bool:
@@ -114,7 +149,24 @@ def _draw_plateau(ax: Axes, estimate: dict[str, float], color: Any, hue_value: H
     lo, hi = estimate.get("lo"), estimate.get("hi")
     if _is_finite(lo) and _is_finite(hi):
         ax.axvspan(float(lo), float(hi), color=color, alpha=0.08, linewidth=0)
-    ax.axvline(float(point), color=color, linestyle="--", linewidth=1.2, label=f"plateau {hue_value}: {float(point):g}")
+    name = "plateau" if hue_value is None else f"plateau {hue_value}"
+    ax.axvline(float(point), color=color, linestyle="--", linewidth=1.2, label=f"{name} ≈ {_sig2(float(point))}")
+
+
+def _draw_floor(ax: Axes, floor: dict[Hashable, float] | float | None, facet_value: Hashable,
+                colors: dict[Hashable, Any], label: str) -> None:
+    """Dashed horizontal floor: one number for every facet, or per facet value, or per hue value (in its colour)."""
+    if floor is None:
+        return
+    if not isinstance(floor, dict):
+        lines = [(floor, _FLOOR_COLOR, label)]
+    elif facet_value in floor:
+        lines = [(floor[facet_value], _FLOOR_COLOR, label)]
+    else:
+        lines = [(floor[h], colors[h], f"{label} ({h})") for h in colors if h in floor]
+    for value, color, text in lines:
+        if _is_finite(value):
+            ax.axhline(float(value), color=color, linestyle="--", linewidth=1.2, label=text)
 
 
 def _band(ax: Axes, rows: pd.DataFrame, x: str, lo: str | None, hi: str | None, color: Any) -> None:
@@ -123,9 +175,19 @@ def _band(ax: Axes, rows: pd.DataFrame, x: str, lo: str | None, hi: str | None, 
                         color=color, alpha=0.2, linewidth=0)
 
 
-def _legend(ax: Axes, title: str | None) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(title=title, fontsize="small", title_fontsize="small")
+def _legend(fig: Figure, axes: Sequence[Axes], title: str | None) -> None:
+    """One figure legend outside the plotting area, right of the facets (the layout makes room for it)."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(text, handle)
+    if not entries:
+        return
+    legend = fig.legend(list(entries.values()), list(entries), loc="outside right center", fontsize="small",
+                        title=None if title is None else _label(title), title_fontsize="small")
+    fig.draw_without_rendering()  # the figure widens by the legend's width, so the axes keep theirs
+    width = legend.get_window_extent().width / fig.dpi
+    fig.set_size_inches(fig.get_figwidth() + width, fig.get_figheight())
 
 
 def learning_curve(
@@ -140,8 +202,15 @@ def learning_curve(
     plateaus: dict[Hashable, dict[str, float]] | None = None,
     title: str | None = None,
     ylabel: str | None = None,
+    xlabel: str | None = None,
+    floor: dict[Hashable, float] | float | None = None,
+    floor_label: str = "floor (null system)",
 ) -> Figure:
-    """Metric vs train size: one line (with CI band) per hue, optional plateau markers, one subplot per facet."""
+    """Metric vs train size: one line (with CI band) per hue, optional plateau markers, one subplot per facet.
+
+    ``floor`` draws a dashed horizontal line (e.g. a format-only null system), labelled ``floor_label``:
+    one number for every subplot, or a dict keyed by facet value or by hue value.
+    """
     _require_columns(df, [x, y, lo, hi, hue, facet], "learning_curve")
     plateaus = plateaus or {}
     hue_levels, facet_levels = _levels(df, hue), _levels(df, facet)
@@ -163,12 +232,13 @@ def learning_curve(
                 _band(ax, rows, x, lo, hi, color)
                 if hue_value in plateaus:
                     _draw_plateau(ax, plateaus[hue_value], color, hue_value)
+            _draw_floor(ax, floor, facet_value, colors, floor_label)
             if log_x:
                 _set_log_x(ax, sizes)
-            ax.set_xlabel(_label(x))
-            ax.set_ylabel(ylabel or _label(y))
+            ax.set_xlabel(xlabel or _label(x))
+            ax.set_ylabel(ylabel or _y_label(df, y, facet, facet_value))
             _facet_title(ax, facet, facet_value)
-            _legend(ax, hue)
+        _legend(fig, axes, hue)
         if title:
             fig.suptitle(title)
     return fig
@@ -183,6 +253,21 @@ def _error_extents(rows: pd.DataFrame, y: str, lo: str | None, hi: str | None) -
     return np.vstack([below.to_numpy(), above.to_numpy()])
 
 
+def _value_lines(ax: Axes, centers: np.ndarray, values: np.ndarray, width: float, color: Any) -> None:
+    """A bar-wide line at each bar's value (one Line2D per group): a bar of height 0 reads as 0, not as missing."""
+    gaps = np.full(len(centers), np.nan)
+    xs = np.column_stack([centers - width / 2, centers + width / 2, gaps]).ravel()
+    ys = np.column_stack([values, values, gaps]).ravel()
+    ax.plot(xs, ys, color=color, linewidth=2.5, solid_capstyle="butt", clip_on=False, zorder=3)
+
+
+def _category_ticks(ax: Axes, categories: Sequence[Hashable], counts: dict[Hashable, int] | None) -> None:
+    labels = [f"{c} (n={counts[c]})" if counts and c in counts else str(c) for c in categories]
+    long_labels = max(len(text) for text in labels) > 10 or len(labels) > 6
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if long_labels else 0, ha="right" if long_labels else "center")
+
+
 def metric_bars(
     df: pd.DataFrame,
     *,
@@ -193,8 +278,15 @@ def metric_bars(
     hue: str | None = None,
     facet: str | None = None,
     title: str | None = None,
+    ylabel: str | None = None,
+    xlabel: str | None = None,
+    counts: dict[Hashable, int] | None = None,
 ) -> Figure:
-    """Grouped bars of ``y`` per ``x`` (and ``hue``) with asymmetric CI error bars; one subplot per facet."""
+    """Grouped bars of ``y`` per ``x`` (and ``hue``) with asymmetric CI error bars; one subplot per facet.
+
+    Each bar also gets a line at its value, so a score of exactly 0 shows. ``counts`` (x value -> n)
+    adds the support to the tick labels: "MISC (n=4)".
+    """
     _require_columns(df, [x, y, lo, hi, hue, facet], "metric_bars")
     categories, hue_levels, facet_levels = _levels(df, x), _levels(df, hue), _levels(df, facet)
     colors = _palette(hue_levels)
@@ -211,24 +303,17 @@ def metric_bars(
                 if rows.empty:
                     continue
                 offset = (i - (len(hue_levels) - 1) / 2) * width
-                ax.bar(
-                    [positions[c] + offset for c in rows[x]],
-                    rows[y].astype(float),
-                    width=width,
-                    yerr=_error_extents(rows, y, lo, hi),
-                    capsize=3,
-                    color=colors[hue_value],
-                    label=None if hue is None else str(hue_value),
-                )
+                centers = np.array([positions[c] + offset for c in rows[x]], dtype=float)
+                values = rows[y].to_numpy(float)
+                ax.bar(centers, values, width=width, yerr=_error_extents(rows, y, lo, hi), capsize=3,
+                       color=colors[hue_value], label=None if hue is None else str(hue_value))
+                _value_lines(ax, centers, values, width, colors[hue_value])
             ax.grid(axis="x", visible=False)
-            ax.set_xticks(range(len(categories)))
-            long_labels = max(len(str(c)) for c in categories) > 10 or len(categories) > 6
-            ax.set_xticklabels([str(c) for c in categories], rotation=30 if long_labels else 0,
-                               ha="right" if long_labels else "center")
-            ax.set_xlabel(_label(x))
-            ax.set_ylabel(_label(y))
+            _category_ticks(ax, categories, counts)
+            ax.set_xlabel(xlabel or _label(x))
+            ax.set_ylabel(ylabel or _y_label(df, y, facet, facet_value))
             _facet_title(ax, facet, facet_value)
-            _legend(ax, hue)
+        _legend(fig, axes, hue)
         if title:
             fig.suptitle(title)
     return fig
@@ -241,6 +326,8 @@ def convergence_curve(
     y: str = "f1",
     hue: str | None = "method",
     unit: str = "seed",
+    ylabel: str | None = None,
+    xlabel: str | None = None,
 ) -> Figure:
     """Mean of ``y`` over units (seeds) per ``x``, with a min–max band, one line per hue."""
     _require_columns(df, [x, y, hue, unit], "convergence_curve")
@@ -254,18 +341,21 @@ def convergence_curve(
             rows = _rows_for(df, hue, hue_value)
             summary = rows.groupby(x)[y].agg(["mean", "min", "max"]).reset_index().sort_values(x)
             n_units = rows[unit].nunique()
-            name = "mean" if hue is None else str(hue_value)
+            name = f"mean {_label(y)}" if hue is None else str(hue_value)
             color = colors[hue_value]
             ax.plot(summary[x], summary["mean"], color=color, label=f"{name} (n={n_units} {_label(unit)}s)")
             _band(ax, summary, x, "min", "max", color)
-        ax.set_xlabel(_label(x))
-        ax.set_ylabel(_label(y))
-        _legend(ax, hue)
+        ax.set_xlabel(xlabel or _label(x))
+        ax.set_ylabel(ylabel or _y_label(df, y, None, None))
+        _legend(fig, [ax], hue)
     return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG atomically and return the path; the figure stays open for display."""
+    """Save ``fig`` as PNG atomically and return the path; the figure stays open for display.
+
+    ``bbox_inches="tight"`` grows the saved area to every artist, so the outside legend is kept.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
     return atomic_write_bytes(path, buffer.getvalue())

@@ -72,14 +72,14 @@ def test_score_outputs_shape_and_ranges(scored):
     assert set(etlch.METRICS) <= set(scored.columns)
     for m in ("rouge_l", "parse_strict", "parse_lenient", "set_f1"):
         assert scored[m].between(0, 1).all(), m
-    assert scored["cosine"].between(-1 - 1e-9, 1 + 1e-9).all()
+    assert scored["content_cosine"].between(-1 - 1e-9, 1 + 1e-9).all()
     assert np.isfinite(scored[list(etlch.METRICS)].to_numpy(dtype=float)).all()
 
 
 def test_perfect_output(scored):
     row = scored.loc[("ner", 0)]
     assert row.set_f1 == 1.0 and row.parse_strict == 1.0 and row.parse_lenient == 1.0
-    assert row.rouge_l == pytest.approx(1.0) and row.cosine == pytest.approx(1.0)
+    assert row.rouge_l == pytest.approx(1.0) and row.content_cosine == pytest.approx(1.0)
     assert row.parse_error == ""
 
 
@@ -88,8 +88,8 @@ def test_cosines_embedded_in_one_call_line_up_with_their_rows(scored):
 
     for task, preds in OUTPUTS.items():
         refs = [g[task] for g in GOLD]
-        alone = metrics.cosine_similarity(preds, refs, FakeEncoder())
-        np.testing.assert_allclose(scored.loc[task, "cosine"].to_numpy(), alone)
+        alone = metrics.content_cosine(preds, refs, FakeEncoder())
+        np.testing.assert_allclose(scored.loc[task, "content_cosine"].to_numpy(), alone)
 
 
 def test_prose_around_json(scored):
@@ -163,7 +163,7 @@ def _scores(quality: dict[str, float], tasks=("ner", "kge", "json"), overrides=N
             noise = rng.uniform(-0.05, 0.05, N_DOCS)
             for doc in range(N_DOCS):
                 v = float(np.clip(q + noise[doc], 0, 1))
-                rows.append({"system": system, "task": task, "doc": doc, "rouge_l": v, "content_rouge_l": v, "cosine": v,
+                rows.append({"system": system, "task": task, "doc": doc, "rouge_l": v, "content_rouge_l": v, "content_cosine": v,
                              "parse_strict": float(q >= 0.5), "parse_lenient": float(q >= 0.3), "set_f1": v})
     df = pd.DataFrame(rows)
     for (system, task, metric), fn in (overrides or {}).items():

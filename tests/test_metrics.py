@@ -258,3 +258,26 @@ def test_empty_cases_follow_one_convention_in_both_f1_engines():
     assert ner.score_ner([["O", "O"]], [["O", "O"]])["micro_f1"] == 0.0
     # anything predicted against empty gold, or missed, is 0 for that example
     assert metrics.per_example_f1([{"x"}], [set()])[0] == 0.0 == ner.per_sentence_f1([[]], [[(0, 1, "PER")]])[0]
+
+
+class HashEncoder:
+    """Deterministic unit vectors from a hash of the text: equal texts → cosine 1."""
+
+    def encode(self, texts, normalize_embeddings, batch_size, convert_to_numpy):
+        out = []
+        for t in texts:
+            v = np.random.default_rng(abs(hash(t)) % 2**32).normal(size=16)
+            out.append(v / np.linalg.norm(v))
+        return np.array(out)
+
+
+def test_content_cosine_scores_what_is_said_not_the_json_format():
+    from ie_helpers.metrics import content_cosine
+
+    skeleton = '{"entities": {"PER": [], "LOC": []}, "relations": []}'
+    gold = '{"entities": {"PER": ["John Smith"], "LOC": []}, "relations": []}'
+    same_values = '{"people": ["John Smith"]}'  # other keys, the same content
+    scores = content_cosine([skeleton, skeleton, same_values, '{"PER": ["Mary"]}'], [gold, skeleton, gold, gold],
+                            HashEncoder())
+    assert scores[:3].tolist() == pytest.approx([0.0, 1.0, 1.0])  # the empty skeleton earns nothing
+    assert scores[3] < 0.99

@@ -18,6 +18,7 @@ from ie_helpers.papers import finner, loraplus
 from ie_helpers.config import load_config
 from ie_helpers.errors import IEError
 from ie_helpers.report import VERDICTS, Claim
+from ie_helpers.models import REPO_ROOT
 
 S1 = {"tokens": "John Smith works for Acme Corp in Boston .".split(),
       "tags": ["B-PER", "I-PER", "O", "O", "B-ORG", "I-ORG", "O", "B-LOC", "O"]}
@@ -349,7 +350,8 @@ def test_finner_claims_small_model():
     assert c["F1"].verdict == "not testable" and "0.700" in c["F1"].measured_value
     assert c["F2"].verdict == "direction only" and "not the paper's" in c["F2"].note
     assert "few-shot k=3 m" in c["F2"].measured_value  # the stronger of zero- and few-shot is compared
-    assert c["F3"].verdict == "direction only" and "LOC, MISC" in c["F3"].measured_value
+    # F3 from one seed's row (no rare evidence over seeds): at most inconclusive, however clear its CI
+    assert c["F3"].verdict == "inconclusive" and "LOC, MISC" in c["F3"].measured_value and "1 seed" in c["F3"].note
 
 
 def test_finner_claims_paper_scale():
@@ -365,7 +367,9 @@ def test_finner_claims_paper_scale():
 
 def test_finner_claims_negative_and_untestable_cases():
     c = _finner(p=0.3, rare_diff=(-0.05, -0.2, 0.1))
-    assert c["F2"].verdict == "not replicated" and c["F3"].verdict == "not replicated"
+    # a rare-type CI that straddles zero is inconclusive, not 'not replicated'
+    assert c["F2"].verdict == "not replicated" and c["F3"].verdict == "inconclusive"
+    assert "straddles" in c["F3"].note
     c = _finner(llm={})
     assert c["F2"].verdict == "not testable"
     c = _finner({"LoRA seed=0": 0.0, "zero-shot m": 0.0, "few-shot k=3 m": 0.0})
@@ -777,18 +781,23 @@ def test_lexicon_floor_matches_training_mentions_longest_first():
     assert nerexp.lexicon_tags([], test)[0] == ["O"] * 9
 
 
-def test_loraplus_lexicon_floor_is_per_seed_and_scored_on_test():
+def test_loraplus_lexicon_baseline_is_per_seed_and_scored_on_test():
     pool = [{"tokens": [f"w{i}", "fever"], "tags": ["O", "B-Disease"]} for i in range(10)]
     pool += [{"tokens": [f"v{i}", "gout"], "tags": ["O", "B-Disease"]} for i in range(10)]
     test = [{"tokens": ["fever", "and", "gout"], "tags": ["B-Disease", "O", "B-Disease"]}]
     roles = {"biomedical": {"train": pool, "test": test}}
-    floor = loraplus.lexicon_floor(roles, {"biomedical": 4}, {"biomedical": [0, 1, 2, 3]}, entity_share=None,
-                                   n_boot=20)
+    lexicon = loraplus.lexicon_scores(roles, {"biomedical": 4}, {"biomedical": [0, 1, 2, 3]}, entity_share=None,
+                                      n_boot=20)
+    floor = loraplus.lexicon_rows(lexicon, {"biomedical": 4})
     assert list(floor.seed) == [0, 1, 2, 3] and set(floor.method) == {"lexicon"}
     for seed, f1 in zip(floor.seed, floor.micro_f1):  # each seed's lexicon holds only its own sample's mentions
         words = {s["tokens"][1] for s in nerexp.training_sample(pool, 4, seed)}
         assert f1 == pytest.approx({1: 2 / 3, 2: 1.0}[len(words)])
     assert set(floor.columns) >= {"micro_f1", "lo", "hi", "experiment", "train_size"}
+    pooled = loraplus.pooled_cells(pd.DataFrame(columns=["experiment", "role", "method", "ratio", "train_size"]), {},
+                                   {"biomedical": test}, lexicon, n_boot=50).iloc[0]
+    assert pooled.method == "lexicon" and pooled.seeds == 4
+    assert pooled.micro_f1 == pytest.approx(floor.micro_f1.mean()) and pooled.lo <= pooled.micro_f1 <= pooled.hi
 
 
 def test_loraplus_test_checkpoints_follow_the_policy():
@@ -899,3 +908,106 @@ def test_rare_support_counts_gold_mentions_of_rare_types():
     m = _score([GOLD1, GOLD2], rare=["LOC"]).metrics
     assert m["rare_support"] == 2  # Boston, Paris
     assert _score([GOLD1, GOLD2]).metrics["rare_support"] == 0
+
+
+# --------------------------------------------------------------------------- FinNER headline and F3 over seeds
+
+
+def _scored(pred_tags, hallucinated=None):
+    per_sentence = pd.DataFrame({"n_hallucinated": hallucinated}) if hallucinated is not None else pd.DataFrame()
+    return nerexp.NERScore(pred_tags=pred_tags, metrics={}, per_type=pd.DataFrame(), errors={},
+                           per_sentence=per_sentence)
+
+
+def test_sentence_counts_by_type_and_without_hallucinations():
+    gold = [ner.io_to_bio(S1["tags"])]
+    pred = [["B-PER", "I-PER", "O", "O", "O", "O", "O", "B-ORG", "O"]]  # PER right, ORG at LOC's place
+    score = _scored(pred, hallucinated=[2])
+    assert nerexp.sentence_counts(score, [S1]).tolist() == [[1, 1 + 2, 2]]
+    assert nerexp.sentence_counts(score, [S1], hallucinated_fp=False).tolist() == [[1, 1, 2]]
+    assert nerexp.sentence_counts(score, [S1], etype="ORG").tolist() == [[0, 1, 1]]
+    assert nerexp.sentence_counts(score, [S1], etype="PER").tolist() == [[1, 0, 0]]
+    assert gold  # the gold sentence is S1's
+
+
+def test_parts_minus_whole_is_the_mean_of_the_parts_minus_the_whole():
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 4, size=(3, 40, 3)) for _ in range(2)]
+    whole = rng.integers(0, 4, size=(3, 40, 3))
+
+    def f1(c):
+        tp, fp, fn = c.sum(axis=(0, 1)) if c.ndim == 3 else c.sum(axis=0)
+        return 2 * tp / (2 * tp + fp + fn)
+
+    per_seed = [np.mean([f1(p[k]) for p in parts]) - f1(whole[k]) for k in range(3)]
+    ev = engine.parts_minus_whole(parts, whole, n_boot=200)
+    assert ev.effect == pytest.approx(np.mean(per_seed)) and list(ev.seed_effects) == pytest.approx(per_seed)
+    assert ev.lo <= ev.effect <= ev.hi
+    with pytest.raises(IEError, match="every part scored on the whole's seeds and items"):
+        engine.parts_minus_whole([parts[0][:, :30]], whole)
+
+
+def _seeded_scores(n_sents=30, find_loc=False, seeds=3):
+    sents = [S1, S2] * (n_sents // 2)
+    gold = [ner.io_to_bio(s["tags"]) for s in sents]
+    rng = np.random.default_rng(1)
+    scores = {}
+    for k in range(seeds):
+        tags = [[t if (find_loc or not t.endswith("LOC")) and rng.random() < 0.9 else "O" for t in g] for g in gold]
+        scores[f"LoRA seed={k}"] = _scored(tags, hallucinated=[1 if i % 3 == 0 else 0 for i in range(len(sents))])
+    return sents, scores
+
+
+def test_finner_headline_pools_seeds_and_counts_hallucinations_as_false_positives():
+    sents, scores = _seeded_scores()
+    systems = [f"LoRA seed={k}" for k in range(3)]
+    h = finner.headline(scores, sents, systems, n_boot=200)
+    per_seed = [finner._micro_f1(nerexp.sentence_counts(scores[s], sents)) for s in systems]
+    assert h["per_seed"] == pytest.approx(per_seed) and h["micro_f1"] == pytest.approx(np.mean(per_seed))
+    assert h["lo"] <= h["micro_f1"] <= h["hi"] and h["micro_f1"] < h["span_micro_f1"]
+    pooled = finner.pooled_systems({**scores, "zero-shot m": scores["LoRA seed=0"]}, sents, n_boot=200)
+    assert pooled.set_index("system").seeds.to_dict() == {"LoRA": 3, "zero-shot m": 1}
+    assert pooled.set_index("system").micro_f1["LoRA"] == pytest.approx(h["micro_f1"])
+
+
+def _f3(sents, scores, seeds=3):
+    systems = [f"LoRA seed={k}" for k in range(seeds)]
+    rare = finner.rare_evidence(scores, sents, systems, ["LOC"], tuned_on_dev=True, n_boot=300)
+    row = {"LoRA seed=0": 0.7, "zero-shot m": 0.1}
+    claims = finner.finner_claims(
+        systems=_systems(row).assign(rare_types="LOC"), comparisons=_comparisons(row, "LoRA seed=0"),
+        final_system="LoRA seed=0", llm_baselines={"m": ["zero-shot m"]}, paper_baselines=PAPER_BASELINES,
+        model="smollm2-135m-instruct", data_label="fin-sec", seed_f1=[0.7] * seeds, tuned_on_dev=True,
+        headline_f1=finner.headline(scores, sents, systems, n_boot=100), rare=rare)
+    return rare, {c.claim_id: c for c in claims}
+
+
+def test_finner_f3_over_seeds_needs_enough_rare_mentions():
+    sents, scores = _seeded_scores(n_sents=40)  # 40 LOC mentions, never found
+    (ev, support), claims = _f3(sents, scores)
+    assert support == 40 and ev.hi < 0 and len(ev.seed_effects) == 3
+    assert claims["F3"].verdict == "direction only" and "every seed" in claims["F3"].note
+    assert "over 3 seed(s)" in claims["F1"].measured_value and "false positives" in claims["F1"].measured_value
+    sents, scores = _seeded_scores(n_sents=8)  # 8 LOC mentions: too few to tell a type's F1 from micro-F1
+    (_, support), claims = _f3(sents, scores)
+    assert support == 8 and claims["F3"].verdict == "inconclusive"
+    assert f"fewer than {finner.MIN_RARE_SUPPORT}" in claims["F3"].note
+    sents, scores = _seeded_scores(n_sents=40, find_loc=True)  # LOC found like the rest: no rare-type gap
+    _, claims = _f3(sents, scores)
+    assert claims["F3"].verdict in ("inconclusive", "not replicated")
+    _, claims = _f3(*_seeded_scores(n_sents=40, seeds=1), seeds=1)
+    assert claims["F3"].verdict == "inconclusive" and "1 seed(s)" in claims["F3"].note
+
+
+def test_finner_launched_lora_run_trains_on_the_notebooks_records():
+    from ie_helpers import train
+    from ie_helpers.models import resolve_model
+
+    cfg = load_config("finner", "smoke")
+    records, model, settings = finner.launch_records(cfg, None, 1, lr=3e-4)
+    prepared = finner.prepare_data(cfg)  # the notebook's data step and lora_run
+    notebook_records = finner.lora_records(cfg, prepared["types"], finner.training_set(cfg, prepared, 1))
+    fingerprint = resolve_model(model).fingerprint
+    assert train.run_key(fingerprint, records, train.TrainSettings.from_dict(settings)) == train.run_key(
+        fingerprint, notebook_records, train.TrainSettings.from_dict(finner.lora_settings(cfg, 3e-4, 1)))
+    assert "finner.lora_records(cfg, types, train_sets[seed])" in (REPO_ROOT / "notebooks" / "finner.ipynb").read_text()

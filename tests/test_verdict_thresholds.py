@@ -181,7 +181,7 @@ def test_e5_not_significant_at_005(p, verdict):
 
 
 def _finner(*, f1=0.5, hi=0.55, diffs=(0.1, 0.1), p_value=(0.001, 0.001), p_holm=(0.001, 0.001),
-            rare_hi=-0.01, model="smollm2-135m-instruct"):
+            rare_hi=-0.01, rare_support=40, model="smollm2-135m-instruct"):
     systems = pd.DataFrame([{"system": "ft", "micro_f1": f1, "micro_lo": f1 - 0.05, "micro_hi": hi,
                              "rare_types": "LOC", "rare_macro_f1": f1 - 0.2, "rare_minus_micro": -0.2,
                              "rare_minus_micro_lo": -0.3, "rare_minus_micro_hi": rare_hi}])
@@ -192,7 +192,9 @@ def _finner(*, f1=0.5, hi=0.55, diffs=(0.1, 0.1), p_value=(0.001, 0.001), p_holm
                                   llm_baselines={"a": ["zero-shot a"], "b": ["zero-shot b"]},
                                   paper_baselines=load_config("finner", "paper")["paper_baselines"], model=model,
                                   data_label="fin-sec", seed_f1=[f1] * 3, tuned_on_dev=True,
-                                  paper_data=model != "smollm2-135m-instruct")
+                                  paper_data=model != "smollm2-135m-instruct",
+                                  rare=(Evidence(-0.2, -0.3, rare_hi, seed_effects=(-0.2,) * 3, tuned_on_dev=True),
+                                        rare_support))
     return {c.claim_id: c.verdict for c in claims}
 
 
@@ -215,9 +217,15 @@ def test_f2_every_baseline_must_be_beaten(diff, verdict):
     assert _finner(diffs=(0.2, diff))["F2"] == verdict
 
 
-@pytest.mark.parametrize("rare_hi, verdict", [(-EPS, "direction only"), (0.0, "not replicated")])
+@pytest.mark.parametrize("rare_hi, verdict", [(-EPS, "direction only"), (0.0, "inconclusive")])
 def test_f3_rare_macro_significantly_below_micro(rare_hi, verdict):
     assert _finner(rare_hi=rare_hi)["F3"] == verdict
+
+
+@pytest.mark.parametrize("support, verdict", [(finner.MIN_RARE_SUPPORT - 1, "inconclusive"),
+                                              (finner.MIN_RARE_SUPPORT, "direction only")])
+def test_f3_needs_enough_rare_test_mentions(support, verdict):
+    assert _finner(rare_support=support)["F3"] == verdict
 
 
 # --------------------------------------------------------------------------- LoRA+ L1–L4

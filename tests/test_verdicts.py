@@ -142,7 +142,11 @@ def test_finner_and_loraplus_go_through_the_policy():
     one_seed = {c.claim_id: c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5])}
     assert one_seed == {"F1": NOT_TESTABLE, "F2": INCONCLUSIVE, "F3": INCONCLUSIVE}
     three = {c.claim_id: c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5] * 3, tuned_on_dev=True)}
-    assert three["F2"] == three["F3"] == DIRECTION_ONLY
+    assert three["F2"] == DIRECTION_ONLY and three["F3"] == INCONCLUSIVE  # F3 from one seed's row
+    rare = (Evidence(-0.4, -0.5, -0.3, seed_effects=(-0.4,) * 3, tuned_on_dev=True), 40)
+    pooled = {c.claim_id: c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5] * 3, tuned_on_dev=True,
+                                                                   rare=rare)}
+    assert pooled["F3"] == DIRECTION_ONLY
     assert {c.verdict for c in finner.finner_claims(**args, seed_f1=[0.5] * 3, random_weights=True)} == {NOT_TESTABLE}
     results = pd.DataFrame([{"experiment": "main", "role": r, "method": m, "ratio": 1.0, "train_size": 80, "seed": s,
                              "micro_f1": v} for r in ("general", "biomedical")

@@ -1,7 +1,7 @@
 """ETLCH (arXiv 2509.08381) on CoNLL04: training records, chained inference, per-example scores.
 
 Metrics are declared next to the task (lm-evaluation-harness style): every task is scored with
-ROUGE-L, cosine similarity of MiniLM embeddings, strict and lenient JSON parse success, and a
+ROUGE-L (raw and on content), MiniLM cosine on content, strict and lenient JSON parse success, and a
 set F1 over what the output means (entities for NER, triples for KGE, entities + triples for JSON).
 """
 
@@ -20,9 +20,9 @@ from ie_helpers.tasks import (ETLCH_TASKS, chain_input, etlch_examples, gold_ent
 
 
 TASK_MEANING = metrics.OUTPUT_MEANING
-# set F1 (which decides E1/E2) and content ROUGE-L score what an output extracted; raw ROUGE-L and cosine also
-# reward the JSON format (key names, brackets): an empty skeleton scores well on them, so they are secondary.
-METRICS = ("set_f1", "content_rouge_l", "rouge_l", "cosine", "parse_strict", "parse_lenient", "truncated", "malformed")
+# set F1 (which decides E1/E2), content ROUGE-L and content cosine score what an output extracted; raw ROUGE-L also
+# rewards the JSON format (key names, brackets): an empty skeleton scores well on it, so it is secondary.
+METRICS = ("set_f1", "content_rouge_l", "rouge_l", "content_cosine", "parse_strict", "parse_lenient", "truncated", "malformed")
 NULL_SYSTEM = "null: empty skeleton"
 
 
@@ -190,8 +190,8 @@ def score_outputs(result: dict, docs: list[dict], entity_types: list[str], encod
     rows = []
     golds = [gold_outputs(d, entity_types) for d in docs]
     refs_by_task = {task: [g[task] for g in golds] for task in outputs}
-    all_cos = metrics.cosine_similarity([p for preds in outputs.values() for p in preds],  # one encode call
-                                        [r for refs in refs_by_task.values() for r in refs], encoder)
+    all_cos = metrics.content_cosine([p for preds in outputs.values() for p in preds],  # one encode call
+                                     [r for refs in refs_by_task.values() for r in refs], encoder)
     cos_by_task = dict(zip(outputs, np.split(all_cos, np.cumsum([len(p) for p in outputs.values()])[:-1])))
     for task, preds in outputs.items():
         refs = refs_by_task[task]
@@ -204,7 +204,7 @@ def score_outputs(result: dict, docs: list[dict], entity_types: list[str], encod
             f1 = metrics.per_example_f1([pred_set], [gold_set])[0]
             truncated = bool(cut.get(task, [False] * len(preds))[i])
             rows.append({"task": task, "doc": i, "rouge_l": rouge[i], "content_rouge_l": content_rouge[i],
-                         "cosine": cos[i], "parse_strict": float(parsed.strict), "parse_lenient": float(parsed.lenient),
+                         "content_cosine": cos[i], "parse_strict": float(parsed.strict), "parse_lenient": float(parsed.lenient),
                          "truncated": float(truncated), "malformed": float(not parsed.lenient and not truncated),
                          "set_f1": f1, "parse_error": parsed.error or "", "output": pred})
     return pd.DataFrame(rows)

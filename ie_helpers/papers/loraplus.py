@@ -150,19 +150,42 @@ def _score_columns(m: dict) -> dict:
             "n_pred": m["n_pred"], "hallucinated": m["hallucinated"], "parse_fail_lenient": m["parse_fail_lenient"]}
 
 
-def lexicon_floor(roles: dict, train_sizes: dict[str, int], seeds: dict[str, Sequence[int]], *,
-                  entity_share: float | None, n_boot: int = 1000) -> pd.DataFrame:
-    """The floor that only memorises, per role and seed: every mention in that seed's training sentences, matched
-    longest first with its most frequent type (``nerexp.lexicon_tags``) on the role's test sentences. Rows shaped
-    like :func:`results_frame`'s (experiment main, method lexicon); ``roles``: role -> {"train", "test"}."""
-    rows = []
+def lexicon_scores(roles: dict, train_sizes: dict[str, int], seeds: dict[str, Sequence[int]], *,
+                   entity_share: float | None, n_boot: int = 1000) -> dict:
+    """The memorisation baseline, per role and seed: every mention in that seed's training sentences, matched
+    longest first with its most frequent type (``nerexp.lexicon_tags``), scored on the role's test sentences;
+    keyed ``(role, seed)``. ``roles``: role -> {"train", "test"}."""
+    out = {}
     for role, r in roles.items():
         for seed in seeds[role]:
             sents = nerexp.training_sample(r["train"], train_sizes[role], int(seed), entity_share=entity_share,
                                            what=f"{role} training sentences")
-            m = nerexp.score_tags(nerexp.lexicon_tags(sents, r["test"]), r["test"], n_boot=n_boot).metrics
-            rows.append({"experiment": "main", "role": role, "method": "lexicon", "ratio": float("nan"),
-                         "lr": float("nan"), "train_size": train_sizes[role], "seed": int(seed), **_score_columns(m)})
+            out[(role, int(seed))] = nerexp.score_tags(nerexp.lexicon_tags(sents, r["test"]), r["test"], n_boot=n_boot)
+    return out
+
+
+def lexicon_rows(lexicon: dict, train_sizes: dict[str, int]) -> pd.DataFrame:
+    """:func:`lexicon_scores` as rows shaped like :func:`results_frame`'s (experiment main, method lexicon)."""
+    return pd.DataFrame([{"experiment": "main", "role": role, "method": "lexicon", "ratio": float("nan"),
+                          "lr": float("nan"), "train_size": train_sizes[role], "seed": seed,
+                          **_score_columns(score.metrics)} for (role, seed), score in lexicon.items()])
+
+
+def pooled_cells(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Sequence[dict]], lexicon: dict | None = None,
+                 *, n_boot: int = 1000) -> pd.DataFrame:
+    """Test micro-F1 per experiment cell (hallucinated mentions as false positives), mean over its seeds with a
+    95% CI over seeds and test sentences; the memorisation baseline of :func:`lexicon_scores` as method lexicon."""
+    keys = ["experiment", "role", "method", "ratio", "train_size"]
+    cells = [(dict(zip(keys, cell)), [scores[run_key(row)] for _, row in g.iterrows()])
+             for cell, g in plan.groupby(keys, dropna=False, sort=False)]
+    for role in dict.fromkeys(r for r, _ in (lexicon or {})):
+        cells.append(({"experiment": "main", "role": role, "method": "lexicon", "ratio": float("nan"),
+                       "train_size": float("nan")}, [v for (r, _), v in lexicon.items() if r == role]))
+    rows = []
+    for cell, cell_scores in cells:
+        counts = np.stack([nerexp.sentence_counts(sc, test_sets[cell["role"]]) for sc in cell_scores])
+        point, lo, hi = engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=n_boot)
+        rows.append({**cell, "micro_f1": point, "lo": lo, "hi": hi, "seeds": len(cell_scores)})
     return pd.DataFrame(rows)
 
 
