@@ -122,7 +122,7 @@ def select_demonstrations(sentences: Sequence[dict], k: int, seed: int = 0, max_
 
 
 def lexicon_tags(train_sentences: Sequence[dict], sentences: Sequence[dict]) -> list[list[str]]:
-    """IOB2 tags of a floor that only memorises: every training mention (its exact tokens) with its most frequent
+    """IOB2 tags of a baseline that only memorises: every training mention (its exact tokens) with its most frequent
     training type, matched longest first, left to right. A system below it has not learned more than the list."""
     votes: dict[tuple, Counter] = {}
     for s in train_sentences:

@@ -176,7 +176,7 @@ def _band(ax: Axes, rows: pd.DataFrame, x: str, lo: str | None, hi: str | None, 
 
 
 def _legend(fig: Figure, axes: Sequence[Axes], title: str | None) -> None:
-    """One figure legend outside the plotting area, right of the facets (the layout makes room for it)."""
+    """One figure legend outside the plotting area, right of the facets; the figure widens to hold it."""
     entries: dict[str, Any] = {}
     for ax in axes:
         for handle, text in zip(*ax.get_legend_handles_labels()):

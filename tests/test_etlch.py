@@ -445,3 +445,20 @@ def test_e1_and_e2_evidence_pair_documents_and_tile_a_zero_shot_baseline():
     assert all(ev.effect == pytest.approx(1 - EC.WIN_BAR) and not ev.tuned_on_dev for ev in e2.values())
     with pytest.raises(ValueError, match="different documents"):
         EC.per_document(seeded[~((seeded.system == BASE) & (seeded.doc == 0))], [SEEDS3[0], BASE], "ner")
+
+
+def test_seed_mean_system_cis_include_seed_variance():
+    from ie_helpers.papers import etlch_claims as EC
+
+    rng = np.random.default_rng(0)
+    rows = [{"system": f"s{k}", "task": "ner", "doc": d, "set_f1": float(np.clip(0.2 + 0.3 * k + rng.normal(0, 0.05), 0, 1))}
+            for k in range(3) for d in range(40)]  # three seeds that disagree far more than documents do
+    scores = pd.DataFrame(rows)
+    seeds = ["s0", "s1", "s2"]
+    scored = pd.concat([scores, EC.seed_mean_system(scores, seeds, "mean").assign(train_size=1, seed=-2)])
+    summary = EC.summarise(scored.assign(train_size=1), ["system", "task"], metric_names=["set_f1"], n_boot=300)
+    held = EC.with_seed_item_cis(summary, scores, seeds, "mean", n_boot=300)
+    before, after = summary.set_index("system").loc["mean"], held.set_index("system").loc["mean"]
+    assert after["mean"] == pytest.approx(before["mean"])
+    assert after["hi"] - after["lo"] > 5 * (before["hi"] - before["lo"])  # seed spread now in the interval
+    pd.testing.assert_frame_equal(held[held.system != "mean"], summary[summary.system != "mean"])

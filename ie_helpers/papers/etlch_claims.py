@@ -79,6 +79,19 @@ def summarise(scores: pd.DataFrame, by: list[str], metric_names=METRICS, n_boot:
     return pd.DataFrame(rows)
 
 
+def with_seed_item_cis(summary: pd.DataFrame, scores: pd.DataFrame, systems: Sequence[str], name: str,
+                       n_boot: int = 1000) -> pd.DataFrame:
+    """``summary`` with the CIs of the seed-mean system ``name`` (``seed_mean_system`` of ``systems``) taken from a
+    bootstrap over seeds and documents (``engine.seed_item_bootstrap``) instead of documents alone."""
+    out = summary.copy()
+    sub = scores[scores.system.isin(systems)]
+    for i in out.index[out.system == name]:
+        task, metric = out.at[i, "task"], out.at[i, "metric"]
+        matrix = sub[sub.task == task].pivot(index="system", columns="doc", values=metric).to_numpy(dtype=float)
+        out.loc[i, ["mean", "lo", "hi"]] = engine.seed_item_bootstrap(matrix, n_boot=n_boot)
+    return out
+
+
 def paired_comparisons(scores: pd.DataFrame, system: str, baselines: list[str], metric: str = "rouge_l") -> pd.DataFrame:
     """Per task: win rate of ``system`` over each baseline on one per-document metric, sign and Wilcoxon tests."""
     from ie_helpers.stats import adjust_pvalues, wilcoxon_signed_rank, win_rate
