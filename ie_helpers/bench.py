@@ -11,7 +11,9 @@ One process, one run, three measurements on the same model and data:
    the base model loaded in fp32 (``frozen_weights="fp32"``); both go through ``train_sft``, each in a fresh
    process (its own heap and peak memory). ``--levers`` adds one run per lever: the baseline with that single change.
    Both sides train exactly one epoch over ``steps × batch`` records, so both process the same non-padding
-   tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable.
+   tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable, unless the baseline is capped
+   (``--baseline-max-s``: where TRL's defaults are very slow, as bf16 autocast on a CPU without bf16 units, it
+   stops after the first steps past that many seconds and its rate is over the tokens of the steps it ran).
 2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
    returns it: fp32 with oneDNN-packed linear layers on CPU, bf16 on GPU) against ``generate_unbatched`` on
    the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
@@ -42,9 +44,9 @@ from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
 from ie_helpers.models import REPO_ROOT
 
 DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "unbatched_prompts": 10,
-            "max_new_tokens": 128, "encoder_steps": 24}
+            "max_new_tokens": 128, "encoder_steps": 24, "baseline_max_s": 150.0}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "unbatched_prompts": 6, "max_new_tokens": 16,
-         "encoder_steps": 3}
+         "encoder_steps": 3, "baseline_max_s": 0.0}
 ENCODER = "all-minilm-l6-v2"
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
@@ -146,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         dims = model_dims(resolved.path, TrainSettings().lora.r)
         flops = flops_model(dims, tstats["completion_fraction"], tstats["mean_record_tokens"])
 
-    train = bench_training(args.model, records, args.steps, levers=args.levers, timer=timer)
+    train = bench_training(args.model, records, args.steps, levers=args.levers, timer=timer,
+                           baseline_max_s=args.baseline_max_s or None)
     gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer, unbatched=args.unbatched_prompts,
                            fp32_check_prompts=args.fp32_check_prompts, deadline=t0 + args.budget_s)
 
@@ -181,7 +184,10 @@ def run(args: argparse.Namespace) -> dict:
         "Both sides run through train.train_sft; the baseline sets frozen_weights=fp32.",
         "tokens/s = non-padding tokens (prompt + completion, TRL's tokenization) of the one epoch over "
         "steps × batch records that both runs make, over trainer.train() wall time; both sides count the same "
-        "tokens. Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
+        "tokens" + (f" (but the baseline: it passed --baseline-max-s {args.baseline_max_s:g} s and stopped after "
+                    f"{base['steps']} of {base['planned_steps']} steps, so its rate is TRL's logged count of the "
+                    f"{base['tokens']} non-padding tokens of its first {base['steps']} random batches over their time, "
+                    "and its mean loss is over those steps)" if base.get("capped") else "") + ". Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
         "heap reuse (process-wide once on) reaches no other run; the baseline runs first, so the page cache is "
         "warmed at its cost.",
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
@@ -244,6 +250,9 @@ def run(args: argparse.Namespace) -> dict:
         "cpu_cores": dev.get("cpu_cores"),
         "precision": fast["precision"],
         "baseline_precision": base["precision"],
+        "gradient_checkpointing": fast.get("gradient_checkpointing"),
+        "baseline_steps": base["steps"],
+        "baseline_capped": bool(base.get("capped")),
         "final_loss_fast": fast["final_loss"],
         "final_loss_baseline": base["final_loss"],
         "mean_loss_fast": fast["mean_loss"],
@@ -318,6 +327,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="skip the optional fp32 greedy-match check when it would end the run past this many "
                         "seconds (default 540: `make bench` stays under 10 minutes)")
+    p.add_argument("--baseline-max-s", type=float,
+                   help="stop the TRL-defaults baseline (and --levers runs) at the first step ending past this many "
+                        "seconds of training, after at least 2 steps; its rate is then over the steps it ran "
+                        f"(default {DEFAULTS['baseline_max_s']:g}; 0 = always the whole epoch)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny-random-llama, 3 steps, 6 prompts, 16 new tokens")
     args = p.parse_args(argv)
@@ -327,6 +340,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if min(args.steps, args.gen_prompts, args.unbatched_prompts, args.max_new_tokens, args.encoder_steps) < 1:
         p.error("--steps, --gen-prompts, --unbatched-prompts, --max-new-tokens and --encoder-steps must be at least 1")
+    if args.baseline_max_s < 0:
+        p.error("--baseline-max-s must be 0 (no cap) or a positive number of seconds")
     return args
 
 

@@ -14,6 +14,7 @@ from ie_helpers.machine import PeakMemory
 
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 48
+BASELINE_MIN_STEPS = 2  # a capped baseline still runs this many steps: its rate is never one batch's
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
 
@@ -72,30 +73,64 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
                  "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)",
                  "lean_backward": "SiLU gates and RMS norms recompute in backward instead of storing (LoRA branches "
                                   "too where their dropout is MaskDropout, which the baseline's is not)"}
+    from ie_helpers.train import resolve_attention, resolve_checkpointing, resolve_precision
+
+    def checkpointing(s) -> bool:
+        return resolve_checkpointing(s.gradient_checkpointing, resolve_precision(s.precision),
+                                     full_finetune=s.full_finetune)
+
+    resolvers = {"precision": lambda s: resolve_precision(s.precision), "gradient_checkpointing": checkpointing,
+                 "attn_implementation": lambda s: resolve_attention(s.attn_implementation,
+                                                                    checkpointing=checkpointing(s))}
     for f in dataclasses.fields(fast):
-        a, b = getattr(fast, f.name), getattr(baseline, f.name)
-        if f.name == "precision":
-            from ie_helpers.train import resolve_precision
-
-            a, b = resolve_precision(a), resolve_precision(b)
-        if f.name == "attn_implementation":
-            from ie_helpers.train import resolve_attention
-
-            a, b = resolve_attention(a), resolve_attention(b)
+        resolve = resolvers.get(f.name, lambda s, name=f.name: getattr(s, name))
+        a, b = resolve(fast), resolve(baseline)
         if a != b:
             weights = fast_weights if f.name == "frozen_weights" else "float32"
             levers.append((f"{f.name}={a}", f"{described.get(f.name, f.name)}: {b} → {a}", {f.name: a}, weights))
     return levers
 
 
-def _train_one(model_name: str, records: list[dict], settings, precision: str, weights: str) -> dict:
-    """One training run with its own peak memory; meant to run in a fresh process (``_in_fresh_process``)."""
+def _stop_after_callback(max_seconds: float, min_steps: int):
+    """A TrainerCallback that ends training at the first step end past ``max_seconds`` (after ``min_steps``)."""
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= min_steps and time.perf_counter() - self.start > max_seconds:
+                control.should_training_stop = True
+
+    return StopAfter()
+
+
+def _train_one(model_name: str, records: list[dict], settings, precision: str, weights: str,
+               max_seconds: float | None = None) -> dict:
+    """One training run with its own peak memory; meant to run in a fresh process (``_in_fresh_process``).
+
+    With ``max_seconds`` the run stops at the first step that ends past it (at least ``BASELINE_MIN_STEPS``
+    steps); its rate is then TRL's logged count of the non-padding tokens of the steps it ran over their time."""
     from ie_helpers.train import train_sft
 
+    callbacks = [_stop_after_callback(max_seconds, BASELINE_MIN_STEPS)] if max_seconds else None
     with PeakMemory() as mem:
-        result = train_sft(model_name, records, settings, use_cache=False, log=lambda m: _log(m.strip()))
+        result = train_sft(model_name, records, settings, use_cache=False, callbacks=callbacks,
+                           log=lambda m: _log(m.strip()))
     shutil.rmtree(result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
-    return {**_run_summary(result, precision, weights), **mem.as_dict()}
+    from ie_helpers.train import resolve_checkpointing
+
+    summary = {**_run_summary(result, precision, weights), **mem.as_dict(), "capped": False,
+               "gradient_checkpointing": resolve_checkpointing(settings.gradient_checkpointing, precision,
+                                                               full_finetune=settings.full_finetune)}
+    planned = settings.max_steps if settings.max_steps > 0 else math.ceil(len(records) / settings.batch_size)
+    if summary["steps"] < planned:
+        if not summary["logged_num_tokens"]:
+            raise RuntimeError("a capped run needs TRL's logged num_tokens to know how many tokens it processed")
+        summary.update(capped=True, planned_steps=planned, tokens=int(summary["logged_num_tokens"]),
+                       tokens_per_s=summary["logged_num_tokens"] / summary["seconds"])
+    return summary
 
 
 def _in_fresh_process(fn, *args):
@@ -108,7 +143,13 @@ def _in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer) -> dict:
+def bench_training(model_name: str, records: list[dict], steps: int, *, levers: bool, timer,
+                   baseline_max_s: float | None = None) -> dict:
+    """The fast path against plain TRL defaults, each one epoch over ``records`` in a fresh process.
+
+    ``baseline_max_s`` stops the baseline (and each lever run) at the first step that ends past it: where TRL's
+    defaults are very slow (bf16 autocast on a CPU without bf16 units took 108 s a step) a full epoch would
+    take the bench past its 10 minutes; the rate then comes from the first steps of its random batch order."""
     from ie_helpers.train import TrainSettings, resolve_precision
 
     trl = trl_defaults()
@@ -125,7 +166,7 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     _log("training: plain-TRL-defaults baseline (fresh process)")
     with timer.stage("train_baseline"):
         base_run = _in_fresh_process(_train_one, model_name, records, baseline,
-                                     resolve_precision(baseline.precision), "float32")
+                                     resolve_precision(baseline.precision), "float32", baseline_max_s)
     lever_runs = []
     if levers:
         for name, desc, change, weights in lever_list(fast, baseline, fast_weights):
@@ -133,7 +174,7 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
             settings = dataclasses.replace(baseline, **change)
             with timer.stage(f"lever:{name}"):
                 run = _in_fresh_process(_train_one, model_name, records, settings,
-                                        resolve_precision(settings.precision), weights)
+                                        resolve_precision(settings.precision), weights, baseline_max_s)
             lever_runs.append({
                 "lever": name, "change": desc, "tokens_per_s": run["tokens_per_s"],
                 "speedup_vs_baseline": run["tokens_per_s"] / base_run["tokens_per_s"],

@@ -42,8 +42,11 @@ def speedup_figure(summary: dict):
 def summary_html(summary: dict, png: bytes) -> str:
     rows = [("device", summary["device"]), ("model", summary["model"]),
             ("training precision (fast / baseline)", f"{summary['precision']} / {summary['baseline_precision']}"),
+            ("gradient checkpointing (fast path)", "on" if summary.get("gradient_checkpointing") else "off"),
             ("train tokens/s (fast path)", summary["train_tokens_per_s"]),
             ("train tokens/s (plain TRL defaults)", summary["baseline_train_tokens_per_s"]),
+            ("baseline steps timed", f"{summary.get('baseline_steps')} of {summary['steps']}"
+                                     + (" (capped: --baseline-max-s)" if summary.get("baseline_capped") else "")),
             ("train speedup", summary["train_speedup"]),
             ("final loss (fast / baseline)", f"{_fmt(summary['final_loss_fast'], 5)} / "
                                              f"{_fmt(summary['final_loss_baseline'], 5)}"),
@@ -94,9 +97,11 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} th{{background:#f
 def _print_summary(s: dict, out_dir: Path) -> None:
     lines = [
         f"device            {s['device']} ({s['torch_threads']} torch threads), model {s['model']}",
-        f"training          {s['train_tokens_per_s']:.0f} tok/s fast ({s['precision']}) vs "
+        f"training          {s['train_tokens_per_s']:.0f} tok/s fast ({s['precision']}"
+        f"{', gradient checkpointing' if s.get('gradient_checkpointing') else ''}) vs "
         f"{s['baseline_train_tokens_per_s']:.0f} tok/s TRL defaults ({s['baseline_precision']}): "
-        f"{s['train_speedup']:.2f}x",
+        f"{s['train_speedup']:.2f}x" + (f" (baseline timed over its first {s['baseline_steps']} of {s['steps']} steps)"
+                                        if s.get("baseline_capped") else ""),
         f"losses            final {s['final_loss_fast']:.3f} vs {s['final_loss_baseline']:.3f}, "
         f"epoch mean {s['mean_loss_fast']:.3f} vs {s['mean_loss_baseline']:.3f}, "
         f"curve max |diff| {s['loss_curve_max_abs_diff']:.3f}",

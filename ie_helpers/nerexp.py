@@ -312,6 +312,16 @@ def sentence_counts(score: NERScore, sentences: Sequence[dict], *, etype: str | 
     return counts
 
 
+def pooled_micro_f1(systems: Sequence[NERScore], sentences: Sequence[dict], *, hallucinated_fp: bool = True,
+                    n_boot: int = 1000) -> tuple[float, float, float]:
+    """(mean, lo, hi): micro-F1 of one system over its seeds (one scored run per seed), mean over seeds with a 95%
+    CI over seeds and test sentences (``engine.seed_item_bootstrap`` on ``sentence_counts``)."""
+    from ie_helpers import engine
+
+    counts = np.stack([sentence_counts(s, sentences, hallucinated_fp=hallucinated_fp) for s in systems])
+    return engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=n_boot)
+
+
 def rare_types(train_sentences: Sequence[dict], share: float = 0.15) -> list[str]:
     """Types with less than ``share`` of the training mentions (the paper's rare Product/Location are ~7%)."""
     counts = type_counts(train_sentences)

@@ -332,6 +332,17 @@ def _report_dirs(reports_dir: Path) -> list[Path]:
             and ((child / "run.json").is_file() or (child / "report.html").is_file())]
 
 
+def _bench_link(reports_dir: Path, page: Path) -> str:
+    """One bench summary in the index, named by the machine its bench.json was measured on."""
+    rel = page.relative_to(reports_dir).as_posix()
+    try:
+        facts = json.loads((page.parent / "bench.json").read_text())
+        machine = f" ({html.escape(str(facts.get('device')))}, {html.escape(str(facts.get('cpu_family')))})"
+    except (OSError, ValueError):
+        machine = ""
+    return f'<li><a href="{rel}">{rel}</a>{machine}</li>'
+
+
 def build_index(reports_dir: Path) -> Path:
     """Write ``reports/index.html``: one scorecard row per paper report (and the bench summary if present)."""
     reports_dir = Path(reports_dir)
@@ -342,9 +353,8 @@ def build_index(reports_dir: Path) -> Path:
         table = f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     else:
         table = '<p class="muted">No reports yet: run a paper notebook first.</p>'
-    bench = ""
-    if (reports_dir / "bench" / "summary.html").is_file():
-        bench = '<h2>Benchmarks</h2><p><a href="bench/summary.html">bench/summary.html</a></p>'
+    benches = [_bench_link(reports_dir, page) for page in sorted((reports_dir / "bench").glob("**/summary.html"))]
+    bench = f"<h2>Benchmarks</h2><ul>{''.join(benches)}</ul>" if benches else ""
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Replication reports</title>'
             f"<style>{_INDEX_CSS}</style></head><body><h1>Replication reports</h1>{table}{bench}</body></html>\n")
     return atomic_write_text(reports_dir / "index.html", page)

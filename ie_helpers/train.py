@@ -32,7 +32,8 @@ from ie_helpers.cpu_speed import (fuse_gated_mlps, fuse_lora_layers, head_nll_su
                                   reuse_freed_heap_memory, use_mask_dropout)
 from ie_helpers.errors import IEError
 from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
-from ie_helpers.settings import LoraSettings, TrainSettings, resolve_attention, resolve_precision
+from ie_helpers.settings import (LoraSettings, TrainSettings, resolve_attention, resolve_checkpointing,
+                                 resolve_precision)
 
 
 @dataclass
@@ -69,6 +70,14 @@ TRAINING_REVISION = 1
 KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0}
 # how memory is allocated or what backward keeps, not what is computed (lean_backward: bit-identical gradients)
 NEVER_IN_KEY = {"reuse_heap", "lean_backward"}
+# checkpointing reruns the same forward in backward, so it never changes what is learned; "auto" (the default
+# since it was added) is keyed as the old default False, so runs cached before it keep their keys
+KEYED_AS = {"gradient_checkpointing": ("auto", False)}
+
+
+def _keyed(name: str, value):
+    alias = KEYED_AS.get(name)
+    return alias[1] if alias and value == alias[0] else value
 
 
 def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings) -> str:
@@ -80,7 +89,7 @@ def run_key(model_fingerprint: str, records: list[dict], settings: TrainSettings
     payload = {
         "model": model_fingerprint,
         "records": records,
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items()
+        "settings": {k: _keyed(k, v) for k, v in dataclasses.asdict(settings).items()
                      if KEY_NEUTRAL_DEFAULTS.get(k, object()) != v and k not in NEVER_IN_KEY},
         "revision": TRAINING_REVISION,
         "versions": [__version__, trl.__version__, peft.__version__, transformers.__version__,
@@ -122,6 +131,10 @@ def _completion_head_trainer_class():
                 n_valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
                 n_correct = self.accelerator.gather_for_metrics(correct).sum()
                 self._metrics[mode]["mean_token_accuracy"].append((n_correct / n_valid.clamp(min=1)).item())
+                if mode == "train" and "attention_mask" in inputs:  # TRL's running count of non-padding tokens
+                    seen = self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+                    self._total_train_tokens += seen // getattr(self, "_tp_size", 1)
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return loss
 
     return CompletionHeadSFTTrainer
@@ -159,6 +172,7 @@ def per_device_batch(batch_size: int) -> int:
 
 
 def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
+    """TRL's SFTConfig for ``settings`` at the resolved ``precision`` (and ``gradient_checkpointing``)."""
     from trl import SFTConfig
 
     import torch
@@ -179,7 +193,8 @@ def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
         data_seed=settings.seed,
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing=resolve_checkpointing(settings.gradient_checkpointing, precision,
+                                                     full_finetune=settings.full_finetune),
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         completion_only_loss=True,
         pad_to_multiple_of=settings.pad_to_multiple_of or None,
@@ -235,8 +250,11 @@ def prepare_model(model_name: str, settings: TrainSettings, precision: str, plan
         raise IEError(f"unknown frozen_weights '{settings.frozen_weights}': use auto or fp32")
     bf16_weights = precision == "bf16" and not settings.full_finetune and settings.frozen_weights == "auto"
     frozen_dtype = torch.bfloat16 if bf16_weights or (plan or {}).get("weights") == "bf16" else torch.float32
-    model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype,
-                                                attn_implementation=resolve_attention(settings.attn_implementation))
+    checkpointing = (resolve_checkpointing(settings.gradient_checkpointing, precision,
+                                           full_finetune=settings.full_finetune)
+                     or bool((plan or {}).get("gradient_checkpointing")))
+    attention = resolve_attention(settings.attn_implementation, checkpointing=checkpointing)
+    model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype, attn_implementation=attention)
     tokenizer.padding_side = "right"
     return model, tokenizer, resolved
 
@@ -313,6 +331,7 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
         trainer.optimizer = optimizer
     n_tokens = count_tokens(trainer)
     log(f"[train] {len(records)} records, {n_tokens} tokens/epoch, precision={precision}, "
+        f"gradient checkpointing={'on' if args.gradient_checkpointing else 'off'}, "
         f"lr={settings.lr}, epochs={settings.epochs}, batch={settings.batch_size}x{settings.grad_accum}")
     start = time.perf_counter()
     trainer.train()
@@ -325,7 +344,8 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     tokenizer.save_pretrained(work_dir / "adapter")
     info = {"train_seconds": seconds, "train_tokens": int(n_tokens * epochs_done),
             "log_history": trainer.state.log_history, "settings": dataclasses.asdict(settings),
-            "model": model_name, "precision": precision, "n_records": len(records)}
+            "model": model_name, "precision": precision, "n_records": len(records),
+            "gradient_checkpointing": bool(args.gradient_checkpointing)}
     (work_dir / "done.json").write_text(json.dumps(info, default=str))
     shutil.rmtree(run_dir, ignore_errors=True)
     os.replace(work_dir, run_dir)

@@ -114,9 +114,9 @@ MUTATIONS = [
     Mutation("verdicts", "F3: the rare-mention rule lets 19 mentions decide", "ie_helpers/papers/finner.py",
              "support < MIN_RARE_SUPPORT:", "support < MIN_RARE_SUPPORT - 1:", VERDICTS),
     Mutation("verdicts", "FinNER headline drops hallucinated mentions", "ie_helpers/papers/finner.py",
-             "counts = np.stack([nerexp.sentence_counts(scores[name], sentences) for name in lora_systems])",
-             "counts = np.stack([nerexp.sentence_counts(scores[name], sentences, hallucinated_fp=False) "
-             "for name in lora_systems])", VERDICTS),
+             "point, lo, hi = nerexp.pooled_micro_f1(systems, sentences, n_boot=n_boot)",
+             "point, lo, hi = nerexp.pooled_micro_f1(systems, sentences, hallucinated_fp=False, n_boot=n_boot)",
+             VERDICTS),
     Mutation("verdicts", "per-type counts keep every type", "ie_helpers/nerexp.py",
              "g, p = {sp for sp in g if sp[-1] == etype}, {sp for sp in p if sp[-1] == etype}",
              "g, p = set(g), set(p)", VERDICTS),

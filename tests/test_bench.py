@@ -59,6 +59,10 @@ def test_quick_bench_writes_complete_report(tmp_path):
     # both training runs made the same number of optimizer steps on the same tokens
     assert len(report["loss_curve_fast"]) == len(report["loss_curve_baseline"]) == report["steps"] == 3
     assert report["training"]["fast"]["tokens"] == report["training"]["baseline"]["tokens"] > 0
+    # TRL's own running count agrees on both paths (the capped baseline's rate relies on it)
+    assert report["training"]["fast"]["logged_num_tokens"] == report["training"]["fast"]["tokens"]
+    assert report["training"]["baseline"]["logged_num_tokens"] == report["training"]["baseline"]["tokens"]
+    assert report["baseline_capped"] is False and report["baseline_steps"] == 3
     # same records, same initial weights: the first step's loss agrees between the two paths
     assert report["loss_curve_fast"][0] == pytest.approx(report["loss_curve_baseline"][0], rel=0.05)
     assert report["loss_curve_max_abs_diff"] == pytest.approx(
@@ -75,6 +79,8 @@ def test_quick_bench_writes_complete_report(tmp_path):
 
 
 def test_peak_memory_sampler_sees_a_short_lived_allocation():
+    import mmap
+
     import numpy as np
 
     from ie_helpers.bench import PeakMemory
@@ -82,9 +88,12 @@ def test_peak_memory_sampler_sees_a_short_lived_allocation():
     with PeakMemory(interval_s=0.005) as idle:
         time.sleep(0.05)
     with PeakMemory(interval_s=0.005) as busy:
-        block = np.ones(int(0.4e9 / 8))  # 0.4 GB, touched, then freed inside the block
+        # 0.4 GB mapped, touched, then unmapped inside the block; an mmap of its own, since once a training test
+        # has turned on glibc heap reuse (process-wide) a malloc'd block may land in memory already resident
+        block = mmap.mmap(-1, int(0.4e9))
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
         time.sleep(0.05)
-        del block
+        block.close()
     assert busy.peak_rss_gb >= idle.peak_rss_gb + 0.3
 
 
@@ -101,3 +110,24 @@ def test_each_training_path_runs_in_a_fresh_process():
     from ie_helpers.bench_decoder import _in_fresh_process
 
     assert _in_fresh_process(os.getpid) != os.getpid()
+
+
+@pytest.mark.slow
+def test_a_capped_baseline_times_only_the_steps_it_ran():
+    """Past --baseline-max-s the baseline stops after BASELINE_MIN_STEPS steps; its rate is the tokens TRL logged
+    for those steps over their time, not the whole epoch's tokens."""
+    import dataclasses
+
+    from ie_helpers.bench import training_records
+    from ie_helpers.bench_decoder import BASELINE_MIN_STEPS, _train_one
+    from ie_helpers.train import TrainSettings
+
+    records, _, _ = training_records(32)
+    settings = dataclasses.replace(TrainSettings(max_steps=4, epochs=1.0, batch_size=8), reuse_heap=False,
+                                   group_by_length=False, pad_to_multiple_of=0)
+    full = _train_one("tiny-random-llama", records, settings, "fp32", "float32")
+    capped = _train_one("tiny-random-llama", records, settings, "fp32", "float32", max_seconds=1e-9)
+    assert not full["capped"] and full["steps"] == 4
+    assert capped["capped"] and capped["steps"] == BASELINE_MIN_STEPS and capped["planned_steps"] == 4
+    assert 0 < capped["tokens"] == capped["logged_num_tokens"] < full["tokens"]
+    assert capped["tokens_per_s"] == pytest.approx(capped["tokens"] / capped["seconds"])

@@ -101,6 +101,9 @@ def test_auto_attention_on_cpu_is_the_recomputing_eager_path():
     if torch.cuda.is_available():
         pytest.skip("auto picks SDPA on a GPU")
     assert resolve_attention("auto") == cpu_speed.RECOMPUTE_EAGER
+    # whole layers recomputed anyway: the inner recomputation would run twice, so SDPA
+    assert resolve_attention("auto", checkpointing=True) == "sdpa"
+    assert resolve_attention("eager", checkpointing=True) == "eager"
 
 
 @pytest.mark.parametrize("autocast", [True, False])

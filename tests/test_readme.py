@@ -37,3 +37,22 @@ def test_readme_cold_run_is_the_kept_run_cold_json(paper):
     said = re.search(r"kept as `run_cold\.json`, took (\d+) s", text)
     assert cold.exists() and said, "each report keeps its cold run and the README quotes it"
     assert int(said.group(1)) in _whole_seconds(json.loads(cold.read_text())["wall_time_s"])
+
+
+BENCHES = ["reports/bench/bench.json", "reports/bench/xeon-avx512/bench.json"]
+
+
+@pytest.mark.parametrize("path", BENCHES)
+def test_readme_bench_figures_are_the_committed_bench_json(path):
+    """The paragraph measured by a committed bench.json quotes its rates, ratios, peak memory and wall time."""
+    start = README.index(f"Measured by `make bench` (`{path}`)")
+    text = re.sub(r"\s+", " ", README[README.rfind("\n\n", 0, start):README.find("\n\n", start)])
+    b = json.loads((REPO / path).read_text())
+    expected = [f"{b['train_tokens_per_s']:.0f} vs {b['baseline_train_tokens_per_s']:.0f} tokens/s",
+                f"**{b['train_speedup']:.2f}×**", f"**{b['gen_speedup']:.1f}×**", f"**{b['encoder_speedup']:.2f}×**",
+                f"peak resident memory of {b['peak_rss_gb']['train_fast']:.2f} GB",
+                f"{b['fraction_of_measured_matmul']:.0%} of the {b['measured_matmul_flops'] / 1e9:.0f} GFLOP/s",
+                f"{b['cpu_family']}"]
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"the README paragraph on {path} lacks {missing}"
+    assert any(f"took {s} s" in text for s in _whole_seconds(b["wall_seconds"]))

@@ -258,6 +258,8 @@ def test_build_index_lists_reports_with_verdict_counts(tmp_path):
     _fake_report_dir(reports, "paper_b", ["not testable"] * 2 + ["direction only"], "full")
     (reports / "empty_dir").mkdir()
     atomic_write_text(reports / "bench" / "summary.html", "<html></html>")
+    atomic_write_text(reports / "bench" / "xeon-avx512" / "summary.html", "<html></html>")
+    atomic_write_text(reports / "bench" / "xeon-avx512" / "bench.json", '{"device": "Xeon", "cpu_family": "avx512"}')
 
     index = build_index(reports).read_text()
     assert index.count("<tr>") == 3  # header + two papers; bench and empty_dir are not rows
@@ -266,6 +268,7 @@ def test_build_index_lists_reports_with_verdict_counts(tmp_path):
     assert "1 direction only, 2 not testable" in index
     assert "smoke" in index and "full" in index and "90 s" in index
     assert 'href="bench/summary.html"' in index
+    assert 'href="bench/xeon-avx512/summary.html"' in index and "(Xeon, avx512)" in index  # every machine's bench
     assert "empty_dir" not in index
 
 

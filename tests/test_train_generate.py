@@ -296,3 +296,33 @@ def test_launch_names_the_papers_it_knows():
     proc = subprocess.run([sys.executable, "-m", "ie_helpers.papers.launch", "--paper", "nope"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "use one of clinical, etlch, finner, loraplus, mtpf" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_auto_checkpointing_keeps_cached_keys_and_learns_the_same():
+    """``gradient_checkpointing="auto"`` (on for fp32 LoRA on a CPU) keys as the old default False, and a run with
+    checkpointing learns what the run without it learns: same losses, same adapter, dropout masks included."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ie_helpers import train
+
+    recs = _records(4)
+    assert train.run_key("fp", recs, train.TrainSettings()) == \
+        train.run_key("fp", recs, train.TrainSettings(gradient_checkpointing=False))
+    assert train.resolve_checkpointing(True, "bf16") and not train.resolve_checkpointing(False, "fp32")
+    assert not train.resolve_checkpointing("auto", "bf16")
+    assert not train.resolve_checkpointing("auto", "fp32", full_finetune=True)
+    if not torch.cuda.is_available():
+        assert train.resolve_checkpointing("auto", "fp32")
+    with pytest.raises(IEError, match="gradient_checkpointing"):
+        train.TrainSettings.from_dict({"gradient_checkpointing": "yes"})
+    runs = {}
+    for checkpointing in (False, True):
+        settings = {**SETTINGS, "precision": "fp32", "max_steps": 3, "gradient_checkpointing": checkpointing,
+                    "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+        runs[checkpointing] = train.train_sft("tiny-random-llama", recs, settings, use_cache=False,
+                                              log=lambda *_: None)
+    losses = {k: [h["loss"] for h in r.log_history if "loss" in h] for k, r in runs.items()}
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-6)
+    weights = {k: load_file(r.run_dir / "adapter" / "adapter_model.safetensors") for k, r in runs.items()}
+    assert all(torch.allclose(weights[True][n], weights[False][n], rtol=1e-5, atol=1e-7) for n in weights[False])

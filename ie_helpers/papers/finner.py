@@ -68,12 +68,11 @@ def evidence(scores: dict, sentences: Sequence[dict], lora_systems: Sequence[str
 def headline(scores: dict, sentences: Sequence[dict], lora_systems: Sequence[str], *, n_boot: int = 1000) -> dict:
     """The fine-tuned model's micro-F1 over its seeds with a 95% CI over seeds and test sentences: hallucinated
     mentions counted as false positives (the headline), and seqeval's span-only figure beside it."""
-    counts = np.stack([nerexp.sentence_counts(scores[name], sentences) for name in lora_systems])
-    point, lo, hi = engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=n_boot)
-    spans = np.stack([nerexp.sentence_counts(scores[name], sentences, hallucinated_fp=False) for name in lora_systems])
-    span_point, span_lo, span_hi = engine.seed_item_bootstrap(spans, stat="micro_f1", n_boot=n_boot)
+    systems = [scores[name] for name in lora_systems]
+    point, lo, hi = nerexp.pooled_micro_f1(systems, sentences, n_boot=n_boot)
+    span_point, span_lo, span_hi = nerexp.pooled_micro_f1(systems, sentences, hallucinated_fp=False, n_boot=n_boot)
     return {"micro_f1": point, "lo": lo, "hi": hi, "span_micro_f1": span_point, "span_lo": span_lo,
-            "span_hi": span_hi, "per_seed": [_micro_f1(c) for c in counts]}
+            "span_hi": span_hi, "per_seed": [_micro_f1(nerexp.sentence_counts(s, sentences)) for s in systems]}
 
 
 def _micro_f1(counts: np.ndarray) -> float:
@@ -89,8 +88,7 @@ def pooled_systems(scores: dict, sentences: Sequence[dict], *, n_boot: int = 100
         groups.setdefault(re.sub(r" seed=\d+$", "", name), []).append(name)
     rows = []
     for system, names in groups.items():
-        counts = np.stack([nerexp.sentence_counts(scores[n], sentences) for n in names])
-        point, lo, hi = engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=n_boot)
+        point, lo, hi = nerexp.pooled_micro_f1([scores[n] for n in names], sentences, n_boot=n_boot)
         rows.append({"system": system, "micro_f1": point, "lo": lo, "hi": hi, "seeds": len(names)})
     return pd.DataFrame(rows)
 

@@ -183,8 +183,7 @@ def pooled_cells(plan: pd.DataFrame, scores: dict, test_sets: dict[str, Sequence
                        "train_size": float("nan")}, [v for (r, _), v in lexicon.items() if r == role]))
     rows = []
     for cell, cell_scores in cells:
-        counts = np.stack([nerexp.sentence_counts(sc, test_sets[cell["role"]]) for sc in cell_scores])
-        point, lo, hi = engine.seed_item_bootstrap(counts, stat="micro_f1", n_boot=n_boot)
+        point, lo, hi = nerexp.pooled_micro_f1(cell_scores, test_sets[cell["role"]], n_boot=n_boot)
         rows.append({**cell, "micro_f1": point, "lo": lo, "hi": hi, "seeds": len(cell_scores)})
     return pd.DataFrame(rows)
 
