@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> dict:
         "tokens" + (f" (but the baseline: it passed --baseline-max-s {args.baseline_max_s:g} s and stopped after "
                     f"{base['steps']} of {base['planned_steps']} steps, so its rate is TRL's logged count of the "
                     f"{base['tokens']} non-padding tokens of its first {base['steps']} random batches over their time, "
-                    "and its mean loss is over those steps)" if base.get("capped") else "") + ". Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
+                    "and its mean loss is over those steps)" if base.get("capped") else "")
+        + ". Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
         "heap reuse (process-wide once on) reaches no other run; the baseline runs first, so the page cache is "
         "warmed at its cost.",
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
