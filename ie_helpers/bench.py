@@ -3,8 +3,8 @@
 One process, one run, three measurements on the same model and data:
 
 1. **Training.** ``train.train_sft`` with default ``TrainSettings`` (the fast path: bf16 frozen weights
-   where the CPU/GPU has native bf16, no gradient checkpointing, length-grouped batches, lengths padded to
-   a multiple of 64, LM head on completion tokens only) against *plain TRL defaults* on the same model,
+   where the CPU/GPU has native bf16, else fp32 in micro-batches of 2 rows, no gradient checkpointing,
+   length-grouped batches, lengths padded to a multiple of 8, LM head on completion tokens only) against *plain TRL defaults* on the same model,
    records, LoRA config and number of optimizer steps. The baseline mirrors what ``trl.SFTConfig()``
    defaults to in the installed version (bf16 autocast and gradient checkpointing, read at run time),
    random batch order, padding to the longest row, the stock SFTTrainer loss (head on every position) and
@@ -206,7 +206,10 @@ def run(args: argparse.Namespace) -> dict:
         f"sentences, batch {enc['batch_size']}, {enc['steps']} steps: encoder.train_token_classifier (precision auto "
         f"= {enc['fast']['precision']}, length-grouped batches) vs transformers.Trainer with default TrainingArguments "
         "(fp32, random order); tokens/s = non-padding sub-tokens of the one epoch both make over the training loop's "
-        "wall time; the baseline runs first.",
+        "wall time; the baseline runs first." + (
+            f" A third run adds fast_dropout (all {enc['fast_dropout']['dropouts_swapped']} dropout modules draw "
+            "MaskDropout's masks): opt-in, since the notebooks' cached encoder runs drew nn.Dropout's masks."
+            if enc.get("fast_dropout") else ""),
     ]
     if train["levers"]:
         notes.append("each lever is the baseline with one change, in its own fresh process after the baseline. Lever "
@@ -252,6 +255,7 @@ def run(args: argparse.Namespace) -> dict:
         "precision": fast["precision"],
         "baseline_precision": base["precision"],
         "gradient_checkpointing": fast.get("gradient_checkpointing"),
+        "micro_batch": fast.get("micro_batch"),
         "baseline_steps": base["steps"],
         "baseline_capped": bool(base.get("capped")),
         "final_loss_fast": fast["final_loss"],

@@ -66,6 +66,7 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
     levers = []
     described = {"frozen_weights": f"frozen base weights in {fast_weights} when training in bf16 (adapters stay fp32)",
                  "precision": "training precision", "gradient_checkpointing": "gradient checkpointing",
+                 "micro_batch": "rows per forward/backward pass (gradients accumulated over the batch)",
                  "group_by_length": "length-grouped batches", "pad_to_multiple_of": "pad lengths to a multiple",
                  "completion_head_only": "LM head + loss on completion tokens only",
                  "attn_implementation": "attention kernel (transformers' attn_implementation)",
@@ -73,15 +74,17 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
                  "fast_dropout": "LoRA dropout masks from 16-bit slices of random words (MaskDropout)",
                  "lean_backward": "SiLU gates and RMS norms recompute in backward instead of storing (LoRA branches "
                                   "too where their dropout is MaskDropout, which the baseline's is not)"}
-    from ie_helpers.train import resolve_attention, resolve_checkpointing, resolve_precision
+    from ie_helpers.train import resolve_attention, resolve_checkpointing, resolve_micro_batch, resolve_precision
 
     def checkpointing(s) -> bool:
-        return resolve_checkpointing(s.gradient_checkpointing, resolve_precision(s.precision),
-                                     full_finetune=s.full_finetune)
+        return resolve_checkpointing(s.gradient_checkpointing)
 
     resolvers = {"precision": lambda s: resolve_precision(s.precision), "gradient_checkpointing": checkpointing,
                  "attn_implementation": lambda s: resolve_attention(s.attn_implementation,
-                                                                    checkpointing=checkpointing(s))}
+                                                                    checkpointing=checkpointing(s)),
+                 "micro_batch": lambda s: resolve_micro_batch(s.micro_batch, s.batch_size,
+                                                              resolve_precision(s.precision),
+                                                              full_finetune=s.full_finetune)}
     for f in dataclasses.fields(fast):
         resolve = resolvers.get(f.name, lambda s, name=f.name: getattr(s, name))
         a, b = resolve(fast), resolve(baseline)
@@ -119,11 +122,12 @@ def _train_one(model_name: str, records: list[dict], settings, precision: str, w
         result = train_sft(model_name, records, settings, use_cache=False, callbacks=callbacks,
                            log=lambda m: _log(m.strip()))
     shutil.rmtree(result.run_dir, ignore_errors=True)  # the adapter is not needed: keep the run cache clean
-    from ie_helpers.train import resolve_checkpointing
+    from ie_helpers.train import resolve_checkpointing, resolve_micro_batch
 
     summary = {**_run_summary(result, precision, weights), **mem.as_dict(), "capped": False,
-               "gradient_checkpointing": resolve_checkpointing(settings.gradient_checkpointing, precision,
-                                                               full_finetune=settings.full_finetune)}
+               "gradient_checkpointing": resolve_checkpointing(settings.gradient_checkpointing),
+               "micro_batch": resolve_micro_batch(settings.micro_batch, settings.batch_size, precision,
+                                                  full_finetune=settings.full_finetune)}
     planned = settings.max_steps if settings.max_steps > 0 else math.ceil(len(records) / settings.batch_size)
     if summary["steps"] < planned:
         if not summary["logged_num_tokens"]:
@@ -157,7 +161,8 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     baseline = dataclasses.replace(
         fast, precision="bf16" if trl["bf16"] else "fp32", gradient_checkpointing=trl["gradient_checkpointing"],
         group_by_length=False, pad_to_multiple_of=0, completion_head_only=False, frozen_weights="fp32",
-        fast_dropout=False, lean_backward=False, attn_implementation="sdpa", reuse_heap=False)
+        fast_dropout=False, lean_backward=False, attn_implementation="sdpa", reuse_heap=False,
+        micro_batch=BATCH_SIZE)
     fast_precision = resolve_precision(fast.precision)
     fast_weights = "bfloat16" if fast_precision == "bf16" and not fast.full_finetune else "float32"
 

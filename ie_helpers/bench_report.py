@@ -39,10 +39,16 @@ def speedup_figure(summary: dict):
     return fig
 
 
+def _micro_batch_text(summary: dict) -> str:
+    micro, batch = summary.get("micro_batch") or summary["batch_size"], summary["batch_size"]
+    return f"{micro} of each batch of {batch}" + (" (gradients accumulated)" if micro < batch else "")
+
+
 def summary_html(summary: dict, png: bytes) -> str:
     rows = [("device", summary["device"]), ("model", summary["model"]),
             ("training precision (fast / baseline)", f"{summary['precision']} / {summary['baseline_precision']}"),
             ("gradient checkpointing (fast path)", "on" if summary.get("gradient_checkpointing") else "off"),
+            ("rows per forward/backward pass (fast path)", _micro_batch_text(summary)),
             ("train tokens/s (fast path)", summary["train_tokens_per_s"]),
             ("train tokens/s (plain TRL defaults)", summary["baseline_train_tokens_per_s"]),
             ("baseline steps timed", f"{summary.get('baseline_steps')} of {summary['steps']}"
@@ -60,6 +66,10 @@ def summary_html(summary: dict, png: bytes) -> str:
             ("encoder tokens/s (fast path, LoRA token classification)", summary["encoder_tokens_per_s"]),
             ("encoder tokens/s (HF Trainer defaults)", summary["baseline_encoder_tokens_per_s"]),
             ("encoder speedup", summary["encoder_speedup"])]
+    lever = (summary.get("encoder") or {}).get("fast_dropout")
+    if lever:
+        rows += [("encoder tokens/s with fast_dropout (opt-in, not yet the notebooks' path)", lever["tokens_per_s"]),
+                 ("encoder speedup with fast_dropout", lever["speedup"])]
     if summary.get("greedy_match_rate_fp32") is not None:
         rows.append(("greedy match rate (fp32 check)", summary["greedy_match_rate_fp32"]))
     rows += [("FLOPs per training token", summary["flops_per_token"]),
@@ -98,7 +108,9 @@ def _print_summary(s: dict, out_dir: Path) -> None:
     lines = [
         f"device            {s['device']} ({s['torch_threads']} torch threads), model {s['model']}",
         f"training          {s['train_tokens_per_s']:.0f} tok/s fast ({s['precision']}"
-        f"{', gradient checkpointing' if s.get('gradient_checkpointing') else ''}) vs "
+        f"{', gradient checkpointing' if s.get('gradient_checkpointing') else ''}"
+        f"{', micro-batches of %d rows' % s['micro_batch'] if (s.get('micro_batch') or 0) < s['batch_size'] else ''}"
+        ") vs "
         f"{s['baseline_train_tokens_per_s']:.0f} tok/s TRL defaults ({s['baseline_precision']}): "
         f"{s['train_speedup']:.2f}x" + (f" (baseline timed over its first {s['baseline_steps']} of {s['steps']} steps)"
                                         if s.get("baseline_capped") else ""),
@@ -114,7 +126,9 @@ def _print_summary(s: dict, out_dir: Path) -> None:
         f"{s['fraction_of_measured_matmul']:.3f}, of the spec figure ({s['spec_peak_flops'] / 1e9:.0f} GFLOP/s) "
         f"{s['fraction_of_spec_peak']:.3f}",
         f"encoder           {s['encoder_tokens_per_s']:.0f} tok/s fast vs {s['baseline_encoder_tokens_per_s']:.0f} tok/s "
-        f"HF Trainer defaults: {s['encoder_speedup']:.2f}x",
+        f"HF Trainer defaults: {s['encoder_speedup']:.2f}x"
+        + (f"; with fast_dropout (opt-in) {s['encoder']['fast_dropout']['speedup']:.2f}x"
+           if (s.get("encoder") or {}).get("fast_dropout") else ""),
         "peak memory       " + ", ".join(f"{k} {v:.2f} GB RSS" for k, v in s["peak_rss_gb"].items())
         + ("; CUDA " + ", ".join(f"{k} {v:.2f} GB" for k, v in s["cuda_peak_gb"].items()) if s.get("cuda_peak_gb") else ""),
     ]

@@ -117,12 +117,20 @@ def mask_dropout_class():
     return MaskDropout
 
 
-def use_mask_dropout(model) -> int:
-    """Swap every LoRA ``nn.Dropout`` in ``model`` for ``MaskDropout``; returns how many were swapped."""
+def use_mask_dropout(model, *, lora_only: bool = True) -> int:
+    """Swap every LoRA ``nn.Dropout`` in ``model`` for ``MaskDropout`` (every ``nn.Dropout`` with p > 0 when not
+    ``lora_only``: an encoder's hidden-state dropouts too); returns how many were swapped."""
     from torch import nn
 
     cls = mask_dropout_class()
     swapped = 0
+    if not lora_only:
+        for module in list(model.modules()):
+            for name, child in module.named_children():
+                if type(child) is nn.Dropout and child.p > 0:
+                    setattr(module, name, cls(child.p))
+                    swapped += 1
+        return swapped
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, nn.ModuleDict):

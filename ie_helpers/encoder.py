@@ -120,6 +120,7 @@ def train_token_classifier(
     precision: str = "fp32",
     group_by_length: bool = False,
     min_steps: int = 0,
+    fast_dropout: bool = False,
 ):
     """Fine-tune ``model_dir`` for IOB2 token classification with a plain torch loop.
 
@@ -132,7 +133,9 @@ def train_token_classifier(
     warm-up (``warmup_ratio``) then linear decay, grad-norm clip 1.0, dynamic padding.
     ``max_steps`` (optional) stops early; ``min_steps`` gives tiny training sets enough steps.  The fast path
     (``precision="auto"``: bf16 autocast where the CPU or GPU has native bf16; ``group_by_length``: batches of
-    similar length, in shuffled order) is opt-in so cached runs of earlier reports keep their meaning.
+    similar length, in shuffled order) is opt-in so cached runs of earlier reports keep their meaning; so is
+    ``fast_dropout`` (on CPU every dropout module draws its masks as ``cpu_speed.MaskDropout`` does: the same
+    Bernoulli distribution from a quarter of the generator calls, a different random stream).
     Nothing is written unless ``output_dir``.
 
     Returns ``(model, tokenizer, label_list, info)``; ``info`` has ``train_seconds,
@@ -214,6 +217,10 @@ def train_token_classifier(
             ) from e
         info["target_modules"] = targets
     model.to(device)
+    if fast_dropout and device == "cpu":
+        from ie_helpers.cpu_speed import use_mask_dropout
+
+        info["dropouts_swapped"] = use_mask_dropout(model, lora_only=False)
 
     features, n_cut = tokenize_and_align(tokenizer, train_tokens, train_tags, label2id, max_length)
     collator = DataCollatorForTokenClassification(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)

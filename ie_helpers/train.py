@@ -6,7 +6,8 @@ versions; asking for the same run again loads the adapter instead of training.
 
 The fast CPU path (the ``TrainSettings`` defaults) differs from TRL's defaults only in how the
 arithmetic is done, not in what is learned: no gradient checkpointing, frozen base weights
-stored in bf16 where the CPU has native bf16 (adapters stay fp32), length-grouped batches so
+stored in bf16 where the CPU has native bf16 (adapters stay fp32) and, where it has not, each batch
+run as micro-batches of 2 rows whose gradients are accumulated (``micro_batch``), length-grouped batches so
 little compute is spent on padding, the LM head evaluated only on completion tokens, LoRA
 dropout masks drawn from 16-bit slices of random words instead of one Bernoulli draw per
 element (same distribution, different random stream; see ``cpu_speed.mask_dropout_class``), each LoRA
@@ -33,7 +34,7 @@ from ie_helpers.cpu_speed import (fuse_gated_mlps, fuse_lora_layers, head_nll_su
 from ie_helpers.errors import IEError
 from ie_helpers.models import cache_dir, default_device, load_causal_lm, resolve_model
 from ie_helpers.settings import (LoraSettings, TrainSettings, resolve_attention, resolve_checkpointing,
-                                 resolve_precision)
+                                 resolve_micro_batch, resolve_precision)
 
 
 @dataclass
@@ -67,11 +68,11 @@ TRAINING_REVISION = 1
 
 # Settings added after runs were cached: left out of the key while at these defaults (which change nothing),
 # so adding a knob does not invalidate every finished run.
-KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0}
+KEY_NEUTRAL_DEFAULTS = {"frozen_weights": "auto", "snapshot_every": 0, "micro_batch": "auto"}
 # how memory is allocated or what backward keeps, not what is computed (lean_backward: bit-identical gradients)
 NEVER_IN_KEY = {"reuse_heap", "lean_backward"}
 # checkpointing reruns the same forward in backward, so it never changes what is learned; "auto" (the default
-# since it was added) is keyed as the old default False, so runs cached before it keep their keys
+# since it was added, now off) is keyed as the old default False, so runs cached before it keep their keys
 KEYED_AS = {"gradient_checkpointing": ("auto", False)}
 
 
@@ -172,18 +173,22 @@ def per_device_batch(batch_size: int) -> int:
 
 
 def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
-    """TRL's SFTConfig for ``settings`` at the resolved ``precision`` (and ``gradient_checkpointing``)."""
+    """TRL's SFTConfig for ``settings`` at the resolved ``precision`` (and ``gradient_checkpointing``); each batch
+    runs in micro-batches of ``resolve_micro_batch`` rows whose gradients are accumulated."""
     from trl import SFTConfig
 
     import torch
+
+    batch = per_device_batch(settings.batch_size)
+    micro = resolve_micro_batch(settings.micro_batch, batch, precision, full_finetune=settings.full_finetune)
 
     return SFTConfig(
         output_dir=str(output_dir),
         learning_rate=settings.lr,
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=per_device_batch(settings.batch_size),
-        gradient_accumulation_steps=settings.grad_accum,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=settings.grad_accum * (batch // micro),
         max_grad_norm=settings.max_grad_norm,
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,  # a float < 1 is a ratio of total steps
@@ -193,8 +198,7 @@ def _sft_config(settings: TrainSettings, output_dir: Path, precision: str):
         data_seed=settings.seed,
         bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=resolve_checkpointing(settings.gradient_checkpointing, precision,
-                                                     full_finetune=settings.full_finetune),
+        gradient_checkpointing=resolve_checkpointing(settings.gradient_checkpointing),
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         completion_only_loss=True,
         pad_to_multiple_of=settings.pad_to_multiple_of or None,
@@ -250,13 +254,18 @@ def prepare_model(model_name: str, settings: TrainSettings, precision: str, plan
         raise IEError(f"unknown frozen_weights '{settings.frozen_weights}': use auto or fp32")
     bf16_weights = precision == "bf16" and not settings.full_finetune and settings.frozen_weights == "auto"
     frozen_dtype = torch.bfloat16 if bf16_weights or (plan or {}).get("weights") == "bf16" else torch.float32
-    checkpointing = (resolve_checkpointing(settings.gradient_checkpointing, precision,
-                                           full_finetune=settings.full_finetune)
+    checkpointing = (resolve_checkpointing(settings.gradient_checkpointing)
                      or bool((plan or {}).get("gradient_checkpointing")))
     attention = resolve_attention(settings.attn_implementation, checkpointing=checkpointing)
     model, tokenizer, resolved = load_causal_lm(model_name, dtype=frozen_dtype, attn_implementation=attention)
     tokenizer.padding_side = "right"
     return model, tokenizer, resolved
+
+
+def micro_note(args, settings: TrainSettings) -> str:
+    """`` in micro-batches of k rows`` when each batch is split (see ``TrainSettings.micro_batch``), else ''."""
+    split = args.gradient_accumulation_steps // settings.grad_accum
+    return f" in micro-batches of {args.per_device_train_batch_size} rows" if split > 1 else ""
 
 
 def count_tokens(trainer) -> int:
@@ -280,7 +289,8 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
         settings = TrainSettings.from_dict(settings)
     if not records:
         raise IEError("no training records: the training size is 0")
-    per_device_batch(settings.batch_size)  # refused before any work when it does not split over the processes
+    # refused before any work when the batch does not split over the processes, or into the micro-batches asked for
+    resolve_micro_batch(settings.micro_batch, per_device_batch(settings.batch_size), "fp32")
     resolved = resolve_model(model_name)
     key = run_key(resolved.fingerprint, records, settings)
     run_dir = cache_dir() / "runs" / key
@@ -332,7 +342,8 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     n_tokens = count_tokens(trainer)
     log(f"[train] {len(records)} records, {n_tokens} tokens/epoch, precision={precision}, "
         f"gradient checkpointing={'on' if args.gradient_checkpointing else 'off'}, "
-        f"lr={settings.lr}, epochs={settings.epochs}, batch={settings.batch_size}x{settings.grad_accum}")
+        f"lr={settings.lr}, epochs={settings.epochs}, batch={settings.batch_size}x{settings.grad_accum}"
+        f"{micro_note(args, settings)}")
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -345,7 +356,8 @@ def train_sft(model_name: str, records: list[dict], settings: TrainSettings | di
     info = {"train_seconds": seconds, "train_tokens": int(n_tokens * epochs_done),
             "log_history": trainer.state.log_history, "settings": dataclasses.asdict(settings),
             "model": model_name, "precision": precision, "n_records": len(records),
-            "gradient_checkpointing": bool(args.gradient_checkpointing)}
+            "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "micro_batch": args.per_device_train_batch_size}
     (work_dir / "done.json").write_text(json.dumps(info, default=str))
     shutil.rmtree(run_dir, ignore_errors=True)
     os.replace(work_dir, run_dir)

@@ -22,7 +22,7 @@ OTHER_VALUE = {
     "weight_decay": 0.01, "warmup_ratio": 0.1, "lr_scheduler": "cosine", "max_length": 256, "seed": 1,
     "precision": "fp32", "frozen_weights": "fp32", "gradient_checkpointing": True, "group_by_length": False,
     "pad_to_multiple_of": 64, "completion_head_only": False, "attn_implementation": "sdpa", "reuse_heap": False,
-    "fast_dropout": False, "lean_backward": False, "snapshot_every": 5, "full_finetune": True,
+    "fast_dropout": False, "lean_backward": False, "snapshot_every": 5, "full_finetune": True, "micro_batch": 4,
     "lora.r": 8, "lora.alpha": 16, "lora.dropout": 0.2, "lora.target_modules": ["q_proj", "v_proj"],
     "lora.loraplus_ratio": 16.0,
 }

@@ -128,7 +128,12 @@ def test_a_decoder_run_splits_its_batch_over_the_processes(monkeypatch, tmp_path
     # two processes as `distributed` sees them (the environment variable would also start accelerate's group)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     assert train.per_device_batch(8) == 4
-    assert train._sft_config(settings, tmp_path, "fp32").per_device_train_batch_size == 4
+    assert train._sft_config(settings, tmp_path, "bf16").per_device_train_batch_size == 4
+    cfg = train._sft_config(settings, tmp_path, "fp32")  # micro-batches on a CPU: the same rows per step
+    assert cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 4
+    whole = train.TrainSettings.from_dict({"batch_size": 8, "micro_batch": 8})
+    with pytest.raises(IEError, match="micro_batch=8 does not divide the batch of 4 rows"):  # before any model
+        train.train_sft("no-such-model", [{"prompt": [], "completion": []}], whole)
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(IEError, match=r"does not split over 3 processes: launch \[1, 2, 4, 8\]"):
         train.per_device_batch(8)

@@ -191,3 +191,20 @@ def test_train_and_predict_is_cached_on_disk():
     assert info2["train_seconds"] == info["train_seconds"] and len(first) == 2 and len(first[0]) == 4
     _, info3 = enc_lib.train_and_predict_cached(path, tokens, tags, tokens, max_length=32, **{**settings, "seed": 1})
     assert info3["cached"] is False
+
+
+def test_fast_dropout_swaps_every_dropout_and_trains(data):
+    """``fast_dropout`` (opt-in) gives every dropout module with p > 0 MaskDropout's masks, LoRA's and the
+    encoder's own; training still learns (loss falls on the same few sentences) and eval output is unchanged."""
+    import torch
+
+    toks, tags = data
+    model, tok, labels, info = train_token_classifier(
+        offline_encoder_dir(), toks[:10], tags[:10], method="lora", lr=5e-3, batch_size=5, epochs=4, seed=0,
+        fast_dropout=True)
+    plain = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
+    swapped = [m for m in model.modules() if type(m).__name__ == "MaskDropout"]
+    assert info["dropouts_swapped"] == len(swapped) > 0 and not plain
+    assert all(torch.isfinite(torch.tensor(info["losses"]))) and info["losses"][-1] < info["losses"][0]
+    pred = predict_tags(model, tok, toks[:5], labels)
+    assert [len(p) for p in pred] == [len(t) for t in toks[:5]]

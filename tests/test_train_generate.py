@@ -299,8 +299,8 @@ def test_launch_names_the_papers_it_knows():
 
 
 def test_auto_checkpointing_keeps_cached_keys_and_learns_the_same():
-    """``gradient_checkpointing="auto"`` (on for fp32 LoRA on a CPU) keys as the old default False, and a run with
-    checkpointing learns what the run without it learns: same losses, same adapter, dropout masks included."""
+    """``gradient_checkpointing="auto"`` (off) keys as the old default False, and a run with checkpointing learns
+    what the run without it learns: same losses, same adapter, dropout masks included."""
     import torch
     from safetensors.torch import load_file
 
@@ -309,11 +309,8 @@ def test_auto_checkpointing_keeps_cached_keys_and_learns_the_same():
     recs = _records(4)
     assert train.run_key("fp", recs, train.TrainSettings()) == \
         train.run_key("fp", recs, train.TrainSettings(gradient_checkpointing=False))
-    assert train.resolve_checkpointing(True, "bf16") and not train.resolve_checkpointing(False, "fp32")
-    assert not train.resolve_checkpointing("auto", "bf16")
-    assert not train.resolve_checkpointing("auto", "fp32", full_finetune=True)
-    if not torch.cuda.is_available():
-        assert train.resolve_checkpointing("auto", "fp32")
+    assert train.resolve_checkpointing(True) and not train.resolve_checkpointing(False)
+    assert not train.resolve_checkpointing("auto")
     with pytest.raises(IEError, match="gradient_checkpointing"):
         train.TrainSettings.from_dict({"gradient_checkpointing": "yes"})
     runs = {}
@@ -326,3 +323,35 @@ def test_auto_checkpointing_keeps_cached_keys_and_learns_the_same():
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-6)
     weights = {k: load_file(r.run_dir / "adapter" / "adapter_model.safetensors") for k, r in runs.items()}
     assert all(torch.allclose(weights[True][n], weights[False][n], rtol=1e-5, atol=1e-7) for n in weights[False])
+
+
+def test_micro_batches_learn_what_the_whole_batch_learns():
+    """A batch split into micro-batches (gradients accumulated, loss normalised over the whole batch) makes the
+    same optimizer steps on the same records: same logged losses and the same adapter (no dropout, so no masks
+    are drawn). ``auto`` splits only fp32 LoRA training on a CPU, is left out of the run key, and a micro-batch
+    that does not divide the batch is refused before any work."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ie_helpers import settings as settings_module, train
+
+    recs = _records(4)
+    assert train.run_key("fp", recs, train.TrainSettings()) != \
+        train.run_key("fp", recs, train.TrainSettings(micro_batch=2))
+    assert train.resolve_micro_batch("auto", 8, "bf16") == 8 and train.resolve_micro_batch(4, 8, "bf16") == 4
+    assert train.resolve_micro_batch("auto", 8, "fp32", full_finetune=True) == 8
+    if not torch.cuda.is_available():
+        assert train.resolve_micro_batch("auto", 8, "fp32") == settings_module.CPU_FP32_MICRO_BATCH
+        assert train.resolve_micro_batch("auto", 3, "fp32") == 1
+    with pytest.raises(IEError, match="micro_batch=3 must be auto or a whole number that divides batch_size=8"):
+        train.TrainSettings.from_dict({"micro_batch": 3})
+    runs = {}
+    for micro in (4, 1):
+        settings = {**SETTINGS, "precision": "fp32", "max_steps": 3, "micro_batch": micro}
+        runs[micro] = train.train_sft("tiny-random-llama", recs, settings, use_cache=False, log=lambda *_: None)
+    losses = {k: [h["loss"] for h in r.log_history if "loss" in h] for k, r in runs.items()}
+    assert len(losses[1]) == 3 and losses[1] == pytest.approx(losses[4], rel=1e-5)
+    norms = {k: [h["grad_norm"] for h in r.log_history if "grad_norm" in h] for k, r in runs.items()}
+    assert norms[1] == pytest.approx(norms[4], rel=1e-4)
+    weights = {k: load_file(r.run_dir / "adapter" / "adapter_model.safetensors") for k, r in runs.items()}
+    assert all(torch.allclose(weights[1][n], weights[4][n], rtol=1e-4, atol=1e-6) for n in weights[4])
