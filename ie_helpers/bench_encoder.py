@@ -96,17 +96,13 @@ def bench_encoder(model_name: str, steps: int, *, timer) -> dict:
     with timer.stage("encoder_fast"), PeakMemory() as mem:
         fast = fast_path_run(model_dir, sentences, steps)
     fast.update(mem.as_dict())
+    import torch
+
     lever = None
-    if not torch_cuda():  # opt-in, not yet used by the notebooks: their cached runs drew nn.Dropout's masks
+    if not torch.cuda.is_available():  # opt-in, not yet used by the notebooks: their cached runs drew nn.Dropout's masks
         with timer.stage("encoder_fast_dropout"), PeakMemory() as mem:
             lever = fast_path_run(model_dir, sentences, steps, fast_dropout=True)
         lever.update(mem.as_dict(), speedup=lever["tokens_per_s"] / base["tokens_per_s"])
     return {"model": model_name, "task": "LoRA token classification (NER)", "steps": steps, "batch_size": BATCH_SIZE,
             "lora": LORA, "sentences": len(sentences), "data": provenance, "baseline": base, "fast": fast,
             "speedup": fast["tokens_per_s"] / base["tokens_per_s"], "fast_dropout": lever}
-
-
-def torch_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
