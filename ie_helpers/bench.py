@@ -6,8 +6,8 @@ One process, one run, three measurements on the same model and data:
    where the CPU/GPU has native bf16, else fp32 in micro-batches of 2 rows, no gradient checkpointing,
    length-grouped batches, lengths padded to a multiple of 8, LM head on completion tokens only) against
    *plain TRL defaults* on the same model, records, LoRA config and number of optimizer steps. The baseline
-   mirrors what ``trl.SFTConfig()``
-   defaults to in the installed version (bf16 autocast and gradient checkpointing, read at run time),
+   mirrors what ``trl.SFTConfig()`` defaults to in the installed version (bf16 autocast and gradient
+   checkpointing, read at run time),
    random batch order, padding to the longest row, the stock SFTTrainer loss (head on every position) and
    the base model loaded in fp32 (``frozen_weights="fp32"``); both go through ``train_sft``, each in a fresh
    process (its own heap and peak memory). ``--levers`` adds one run per lever: the baseline with that single change.
