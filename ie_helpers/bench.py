@@ -1,6 +1,6 @@
 """Benchmark of the project's training and generation paths: ``python -m ie_helpers.bench`` (``make bench``).
 
-One process, one run, three measurements on the same model and data:
+One process, one run, four measurements:
 
 1. **Training.** ``train.train_sft`` with default ``TrainSettings`` (the fast path: bf16 frozen weights
    where the CPU/GPU has native bf16, else fp32 in micro-batches of 2 rows, no gradient checkpointing,
@@ -18,10 +18,13 @@ One process, one run, three measurements on the same model and data:
 2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
    returns it: fp32 with oneDNN-packed linear layers on CPU, bf16 on GPU) against ``generate_unbatched`` on
    the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
-   rate per token does not depend on which prompts it runs), base model (no adapter), greedy.
+   rate per token does not depend on which prompts it runs; ``--unbatched-max-s`` stops that pass early where
+   one-at-a-time decoding is slow), base model (no adapter), greedy.
    ``greedy_match_rate`` is the share of those prompts whose two output strings are identical; when it is low in
    bf16 the fp32 rate on a subset is also measured, to tell bf16 rounding from a batching bug.
-3. **Fraction of peak.** Model FLOPs of the fast training run over the machine's peak (see ``flops_model``
+3. **Encoder.** ``encoder.train_token_classifier`` as the clinical and MTPF-TPL notebooks call it against a plain
+   HF ``Trainer`` (``bench_encoder``); a third run flips ``fast_dropout`` when the time budget allows.
+4. **Fraction of peak.** Model FLOPs of the fast training run over the machine's peak (see ``flops_model``
    and ``peak_flops``); on CUDA the same number is reported as ``mfu``.
 
 Writes ``<out>/bench.json``, ``<out>/speedups.png`` and ``<out>/summary.html`` (atomic writes).
@@ -37,17 +40,17 @@ import sys
 import time
 from pathlib import Path
 
-from ie_helpers.bench_decoder import (BATCH_SIZE, FP32_CHECK_PROMPTS, MATCH_RATE_LOW, _log, bench_generation,
-                                      bench_training)
+from ie_helpers.bench_decoder import (BATCH_SIZE, FP32_CHECK_PROMPTS, MATCH_RATE_LOW, UNBATCHED_MIN_PROMPTS, _log,
+                                      bench_generation, bench_training)
 from ie_helpers.bench_report import _print_summary, speedup_figure, summary_html
 from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
                                 device_info, flops_model, measured_matmul_flops, model_dims, peak_flops)
 from ie_helpers.models import REPO_ROOT
 
-DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 12, "gen_prompts": 48, "unbatched_prompts": 10,
-            "max_new_tokens": 128, "encoder_steps": 24, "baseline_max_s": 150.0}
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 8, "gen_prompts": 48, "unbatched_prompts": 10,
+            "max_new_tokens": 128, "encoder_steps": 24, "baseline_max_s": 150.0, "unbatched_max_s": 45.0}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "unbatched_prompts": 6, "max_new_tokens": 16,
-         "encoder_steps": 3, "baseline_max_s": 0.0}
+         "encoder_steps": 3, "baseline_max_s": 0.0, "unbatched_max_s": 0.0}
 ENCODER = "all-minilm-l6-v2"
 
 REQUIRED_KEYS = ("train_tokens_per_s", "baseline_train_tokens_per_s", "train_speedup", "gen_tokens_per_s",
@@ -152,11 +155,12 @@ def run(args: argparse.Namespace) -> dict:
     train = bench_training(args.model, records, args.steps, levers=args.levers, timer=timer,
                            baseline_max_s=args.baseline_max_s or None)
     gen = bench_generation(args.model, prompts, args.max_new_tokens, timer=timer, unbatched=args.unbatched_prompts,
-                           fp32_check_prompts=args.fp32_check_prompts, deadline=t0 + args.budget_s)
+                           unbatched_max_s=args.unbatched_max_s or None, fp32_check_prompts=args.fp32_check_prompts,
+                           deadline=t0 + args.budget_s)
 
     from ie_helpers.bench_encoder import bench_encoder
 
-    enc = bench_encoder(ENCODER, args.encoder_steps, timer=timer)
+    enc = bench_encoder(ENCODER, args.encoder_steps, timer=timer, deadline=t0 + args.budget_s)
     fast, base = train["fast"], train["baseline"]
     if base["logged_num_tokens"] is not None and base["logged_num_tokens"] != base["tokens"]:
         notes.append(f"TRL logged {base['logged_num_tokens']} non-padding tokens for the baseline vs "
@@ -194,9 +198,11 @@ def run(args: argparse.Namespace) -> dict:
         "warmed at its cost.",
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
         f"{gen['onednn_packed_layers']} oneDNN-packed linear layers, all {gen['n_prompts']} prompts) vs one prompt "
-        f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw: one-at-a-time "
-        "decoding costs the same per token whichever prompts it runs, and all of them would take ~7 minutes on 2 "
-        "cores). "
+        f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw"
+        + (f", the first {len(gen['unbatched_prompts'])} of {gen['unbatched_planned']} drawn: --unbatched-max-s "
+           f"{args.unbatched_max_s:g} s stopped the pass" if gen.get("unbatched_capped") else "")
+        + ": one-at-a-time decoding costs the same per token whichever prompts it runs, and all of them would take "
+        "~7 minutes on 2 cores). "
         f"greedy_match_rate compares the two outputs of those prompts, in {gen['dtype']}; "
         "batched and unbatched greedy decoding use different matrix shapes, so low-precision rounding can "
         "flip a near-tie token and the rest of the output with it."
@@ -205,12 +211,10 @@ def run(args: argparse.Namespace) -> dict:
         f"fraction_of_peak = train tokens/s × flops_per_token / peak_flops; {peak['assumption']}",
         f"encoder: {ENCODER} LoRA token classification (r={enc['lora']['r']}) on {enc['sentences']} NCBI-disease "
         f"sentences, batch {enc['batch_size']}, {enc['steps']} steps: encoder.train_token_classifier (precision auto "
-        f"= {enc['fast']['precision']}, length-grouped batches) vs transformers.Trainer with default TrainingArguments "
-        "(fp32, random order); tokens/s = non-padding sub-tokens of the one epoch both make over the training loop's "
-        "wall time; the baseline runs first." + (
-            f" A third run adds fast_dropout (all {enc['fast_dropout']['dropouts_swapped']} dropout modules draw "
-            "MaskDropout's masks): opt-in, since the notebooks' cached encoder runs drew nn.Dropout's masks."
-            if enc.get("fast_dropout") else ""),
+        f"= {enc['fast']['precision']}, length-grouped batches, fast_dropout auto = {enc['fast']['fast_dropout']}"
+        f"{encoder_dropout_note(enc['fast'])}) vs transformers.Trainer with default TrainingArguments (fp32, random "
+        "order); tokens/s = non-padding sub-tokens of the one epoch both make over the training loop's wall time; "
+        "the baseline runs first." + encoder_lever_note(enc.get("fast_dropout_lever")),
     ]
     if train["levers"]:
         notes.append("each lever is the baseline with one change, in its own fresh process after the baseline. Lever "
@@ -337,6 +341,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop the TRL-defaults baseline (and --levers runs) at the first step ending past this many "
                         "seconds of training, after at least 2 steps; its rate is then over the steps it ran "
                         f"(default {DEFAULTS['baseline_max_s']:g}; 0 = always the whole epoch)")
+    p.add_argument("--unbatched-max-s", type=float,
+                   help="stop the one-at-a-time generation pass once it has spent this many seconds, after at least "
+                        f"{UNBATCHED_MIN_PROMPTS} prompts (default {DEFAULTS['unbatched_max_s']:g}; 0 = every drawn "
+                        "prompt)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny-random-llama, 3 steps, 6 prompts, 16 new tokens")
     args = p.parse_args(argv)
@@ -346,9 +354,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if min(args.steps, args.gen_prompts, args.unbatched_prompts, args.max_new_tokens, args.encoder_steps) < 1:
         p.error("--steps, --gen-prompts, --unbatched-prompts, --max-new-tokens and --encoder-steps must be at least 1")
-    if args.baseline_max_s < 0:
-        p.error("--baseline-max-s must be 0 (no cap) or a positive number of seconds")
+    if args.baseline_max_s < 0 or args.unbatched_max_s < 0:
+        p.error("--baseline-max-s and --unbatched-max-s must be 0 (no cap) or a positive number of seconds")
     return args
+
+
+def encoder_dropout_note(run: dict) -> str:
+    if run["fast_dropout"]:
+        return (f": all {run['dropouts_swapped']} dropout modules draw MaskDropout's masks, as this CPU lacks "
+                "native bf16")
+    return ": nn.Dropout's masks"
+
+
+def encoder_lever_note(lever: dict | None) -> str:
+    if not lever:
+        return ""
+    what = f" A third run sets fast_dropout={lever['fast_dropout']} to measure that lever alone"
+    if lever.get("skipped"):
+        return f"{what}: {lever['skipped']}."
+    return f"{what}: MaskDropout's masks are {lever['fast_dropout_gain']:.2f}x the speed of nn.Dropout's here."
 
 
 def main(argv: list[str] | None = None) -> int:

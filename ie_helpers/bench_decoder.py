@@ -15,6 +15,7 @@ from ie_helpers.machine import PeakMemory
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 48
 BASELINE_MIN_STEPS = 2  # a capped baseline still runs this many steps: its rate is never one batch's
+UNBATCHED_MIN_PROMPTS = 4  # a capped one-at-a-time pass still decodes this many prompts (its greedy-match check)
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
 
@@ -218,10 +219,12 @@ def unbatched_sample(n_prompts: int, k: int | None) -> list[int]:
     return sorted(random.Random(0).sample(range(n_prompts), k))
 
 
-def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, unbatched: int | None = None) -> dict:
+def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, unbatched: int | None = None,
+              unbatched_max_s: float | None = None) -> dict:
     """Batched decoding of every prompt against one-at-a-time decoding of ``unbatched`` of them (all if None):
     one-at-a-time decoding costs the same per token whichever prompts it runs, so a random subset measures its
-    rate at a fraction of the time; the greedy match is checked on that subset."""
+    rate at a fraction of the time; the greedy match is checked on that subset. With ``unbatched_max_s`` the
+    one-at-a-time pass stops once it has spent that long (after at least ``UNBATCHED_MIN_PROMPTS`` prompts)."""
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
     for m in (model, baseline_model):  # warm-up
@@ -229,23 +232,31 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, un
     batched_stats, single_stats = GenerationStats(), GenerationStats()
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
                        progress=False, stats=batched_stats)
-    chosen = unbatched_sample(len(prompts), unbatched)
-    single = generate_unbatched(baseline_model, tokenizer, [prompts[i] for i in chosen], max_new_tokens=max_new_tokens,
-                                stats=single_stats)
+    drawn = unbatched_sample(len(prompts), unbatched)
+    single: list[str] = []
+    for n, i in enumerate(drawn):
+        if unbatched_max_s and n >= UNBATCHED_MIN_PROMPTS and single_stats.seconds > unbatched_max_s:
+            break
+        single += generate_unbatched(baseline_model, tokenizer, [prompts[i]], max_new_tokens=max_new_tokens,
+                                     stats=single_stats)
+    chosen = drawn[:len(single)]
     batched = [batched[i] for i in chosen]
     matches = [a == b for a, b in zip(batched, single)]
     return {"tokens_per_s": batched_stats.new_tokens_per_s, "baseline_tokens_per_s": single_stats.new_tokens_per_s,
             "new_tokens": batched_stats.new_tokens, "baseline_new_tokens": single_stats.new_tokens,
             "seconds": batched_stats.seconds, "baseline_seconds": single_stats.seconds,
             "match_rate": sum(matches) / len(matches) if matches else float("nan"),
-            "n_prompts": len(prompts), "unbatched_prompts": chosen,
+            "n_prompts": len(prompts), "unbatched_prompts": chosen, "unbatched_planned": len(drawn),
+            "unbatched_capped": len(chosen) < len(drawn),
             "mismatched_prompts": [i for i, m in zip(chosen, matches) if not m],
             "examples": [{"batched": a, "unbatched": b} for a, b in list(zip(batched, single))[:3]]}
 
 
 def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, timer, unbatched: int | None = None,
-                     fp32_check_prompts: int = FP32_CHECK_PROMPTS, deadline: float = math.inf) -> dict:
-    """Batched vs unbatched generation; the optional fp32 check is skipped if it would run past ``deadline``."""
+                     unbatched_max_s: float | None = None, fp32_check_prompts: int = FP32_CHECK_PROMPTS,
+                     deadline: float = math.inf) -> dict:
+    """Batched vs unbatched generation (the latter capped at ``unbatched_max_s``, see :func:`_gen_pair`); the
+    optional fp32 check is skipped if it would run past ``deadline``."""
     import torch
 
     from ie_helpers.train import load_for_inference
@@ -261,7 +272,7 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
         packed = sum(type(m).__name__ == "OneDNNLinear" for m in model.modules())
         _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
              f"batched (batch {GEN_BATCH_SIZE}, {packed} oneDNN-packed linear layers) vs unbatched stock model")
-        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens, unbatched)
+        main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens, unbatched, unbatched_max_s)
         del model, baseline_model
     out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
            "onednn_packed_layers": packed, **main,

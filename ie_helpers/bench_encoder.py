@@ -1,6 +1,7 @@
 """The encoder path of ``make bench``: LoRA token classification, ``encoder.train_token_classifier`` on its fast
-path (bf16 autocast where the hardware has native bf16, length-grouped batches) against a plain HF ``Trainer`` with
-its defaults, on the same encoder, sentences, LoRA config, batch size and number of optimizer steps.
+path (bf16 autocast where the hardware has native bf16, length-grouped batches, ``fast_dropout="auto"``) against a
+plain HF ``Trainer`` with its defaults, on the same encoder, sentences, LoRA config, batch size and number of
+optimizer steps.
 
 Both sides train one epoch over the same ``steps × batch`` sentences, so they process the same non-padding
 sub-tokens; tokens/s divides that count by the wall time of the training loop (``trainer.train()`` for the
@@ -66,7 +67,7 @@ def trainer_defaults_run(model_dir, sentences, steps: int, batch_size: int = BAT
 
 
 def fast_path_run(model_dir, sentences, steps: int, batch_size: int = BATCH_SIZE, max_length: int = 128, *,
-                  fast_dropout: bool = False) -> dict:
+                  fast_dropout: bool | str = "auto") -> dict:
     from ie_helpers import encoder
 
     _, _, feats = _features(model_dir, sentences, max_length)
@@ -78,13 +79,17 @@ def fast_path_run(model_dir, sentences, steps: int, batch_size: int = BATCH_SIZE
     tokens = sum(len(f["input_ids"]) for f in feats)
     return {"tokens": tokens, "seconds": info["train_seconds"], "tokens_per_s": tokens / info["train_seconds"],
             "mean_loss": sum(info["losses"]) / len(info["losses"]), "precision": info["precision"],
-            "dropouts_swapped": info.get("dropouts_swapped", 0),
+            "fast_dropout": info["fast_dropout"], "dropouts_swapped": info["dropouts_swapped"],
             "path": "ie_helpers.encoder.train_token_classifier (precision=auto, group_by_length=True"
-                    + (", fast_dropout=True)" if fast_dropout else ")")}
+                    + (f", fast_dropout={fast_dropout!r})" if fast_dropout != "auto" else ")")}
 
 
-def bench_encoder(model_name: str, steps: int, *, timer) -> dict:
-    """Both runs with their peak resident memory; ``speedup`` = fast tokens/s over the baseline's."""
+def bench_encoder(model_name: str, steps: int, *, timer, deadline: float | None = None) -> dict:
+    """The baseline and the notebooks' path (``fast_dropout="auto"``), each with its peak resident memory;
+    ``speedup`` = fast tokens/s over the baseline's. On a CPU a third run flips ``fast_dropout`` to measure that
+    lever on its own, unless it would end past ``deadline`` (a ``time.perf_counter()`` value)."""
+    import torch
+
     from ie_helpers.machine import PeakMemory
     from ie_helpers.models import resolve_model
 
@@ -93,16 +98,23 @@ def bench_encoder(model_name: str, steps: int, *, timer) -> dict:
     with timer.stage("encoder_baseline"), PeakMemory() as mem:
         base = trainer_defaults_run(model_dir, sentences, steps)
     base.update(mem.as_dict())  # the peak is known once the block has exited
+    started = time.perf_counter()
     with timer.stage("encoder_fast"), PeakMemory() as mem:
         fast = fast_path_run(model_dir, sentences, steps)
     fast.update(mem.as_dict())
-    import torch
-
-    lever = None
-    if not torch.cuda.is_available():  # opt-in, not yet used by the notebooks: their cached runs drew nn.Dropout's masks
-        with timer.stage("encoder_fast_dropout"), PeakMemory() as mem:
-            lever = fast_path_run(model_dir, sentences, steps, fast_dropout=True)
-        lever.update(mem.as_dict(), speedup=lever["tokens_per_s"] / base["tokens_per_s"])
+    lever: dict | None = None
+    if not torch.cuda.is_available():
+        flipped = not fast["fast_dropout"]
+        estimate = time.perf_counter() - started
+        if deadline is not None and time.perf_counter() + estimate > deadline:
+            lever = {"fast_dropout": flipped, "skipped": f"skipped: it would take ~{estimate:.0f} s and run past "
+                                                           "the --budget-s time budget"}
+        else:
+            with timer.stage("encoder_fast_dropout_flipped"), PeakMemory() as mem:
+                lever = fast_path_run(model_dir, sentences, steps, fast_dropout=flipped)
+            lever.update(mem.as_dict(), speedup=lever["tokens_per_s"] / base["tokens_per_s"])
+            on, off = (lever, fast) if flipped else (fast, lever)
+            lever["fast_dropout_gain"] = on["tokens_per_s"] / off["tokens_per_s"]
     return {"model": model_name, "task": "LoRA token classification (NER)", "steps": steps, "batch_size": BATCH_SIZE,
             "lora": LORA, "sentences": len(sentences), "data": provenance, "baseline": base, "fast": fast,
-            "speedup": fast["tokens_per_s"] / base["tokens_per_s"], "fast_dropout": lever}
+            "speedup": fast["tokens_per_s"] / base["tokens_per_s"], "fast_dropout_lever": lever}

@@ -120,7 +120,7 @@ def train_token_classifier(
     precision: str = "fp32",
     group_by_length: bool = False,
     min_steps: int = 0,
-    fast_dropout: bool = False,
+    fast_dropout: bool | str = "auto",
 ):
     """Fine-tune ``model_dir`` for IOB2 token classification with a plain torch loop.
 
@@ -133,9 +133,9 @@ def train_token_classifier(
     warm-up (``warmup_ratio``) then linear decay, grad-norm clip 1.0, dynamic padding.
     ``max_steps`` (optional) stops early; ``min_steps`` gives tiny training sets enough steps.  The fast path
     (``precision="auto"``: bf16 autocast where the CPU or GPU has native bf16; ``group_by_length``: batches of
-    similar length, in shuffled order) is opt-in so cached runs of earlier reports keep their meaning; so is
-    ``fast_dropout`` (on CPU every dropout module draws its masks as ``cpu_speed.MaskDropout`` does: the same
-    Bernoulli distribution from a quarter of the generator calls, a different random stream).
+    similar length, in shuffled order) is opt-in so cached runs of earlier reports keep their meaning.
+    ``fast_dropout`` (:func:`resolve_fast_dropout`) gives every dropout module ``cpu_speed.MaskDropout``'s masks
+    on a CPU: the same Bernoulli distribution from a quarter of the generator calls, a different random stream.
     Nothing is written unless ``output_dir``.
 
     Returns ``(model, tokenizer, label_list, info)``; ``info`` has ``train_seconds,
@@ -165,6 +165,7 @@ def train_token_classifier(
             "train_tokens and train_tags do not line up (one tag per token, one tag list "
             "per sentence); fix the reader output"
         )
+    resolve_fast_dropout(fast_dropout, "cpu")  # a bad value fails before the model loads
     train_tags = [io_to_bio(t) for t in train_tags]
     labels = label_list(train_tags)
     label2id = {t: i for i, t in enumerate(labels)}
@@ -217,10 +218,8 @@ def train_token_classifier(
             ) from e
         info["target_modules"] = targets
     model.to(device)
-    if fast_dropout and device == "cpu":
-        from ie_helpers.cpu_speed import use_mask_dropout
-
-        info["dropouts_swapped"] = use_mask_dropout(model, lora_only=False)
+    info["dropouts_swapped"] = swap_dropouts(model, fast_dropout, device)
+    info["fast_dropout"] = info["dropouts_swapped"] > 0
 
     features, n_cut = tokenize_and_align(tokenizer, train_tokens, train_tags, label2id, max_length)
     collator = DataCollatorForTokenClassification(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
@@ -341,6 +340,33 @@ def batch_order(n: int, batch_size: int, generator, lengths: Sequence[int] | Non
     return batches
 
 
+def resolve_fast_dropout(setting: bool | str, device: str) -> bool:
+    """Whether an encoder run draws its dropout masks as ``cpu_speed.MaskDropout`` does. ``True`` forces it on a
+    CPU, ``False`` keeps ``nn.Dropout``; ``"auto"`` turns it on where the CPU has no native bf16 (the encoder then
+    trains in fp32 and ``aten::bernoulli_`` took 36% of a step on an AVX-512 Xeon). On bf16 CPUs it stays off: the
+    committed clinical and MTPF-TPL runs were made there with ``nn.Dropout``'s masks, and the lever was not
+    measured there. GPUs keep ``nn.Dropout``."""
+    if setting not in (True, False, "auto"):
+        raise IEError(f"fast_dropout={setting!r}; use True, False or 'auto'")
+    if not str(device).startswith("cpu"):
+        return False
+    if setting == "auto":
+        from ie_helpers.cpu_speed import cpu_has_native_bf16
+
+        return not cpu_has_native_bf16()
+    return bool(setting)
+
+
+def swap_dropouts(model, fast_dropout: bool | str, device: str) -> int:
+    """Apply :func:`resolve_fast_dropout` to ``model`` (every ``nn.Dropout`` with p > 0); returns how many
+    dropout modules it swapped."""
+    if not resolve_fast_dropout(fast_dropout, device):
+        return 0
+    from ie_helpers.cpu_speed import use_mask_dropout
+
+    return use_mask_dropout(model, lora_only=False)
+
+
 def _autocast(device: str, precision: str):
     """bf16 autocast for ``precision`` 'bf16' (or 'auto' where the hardware has bf16), else a no-op context."""
     import torch
@@ -425,6 +451,12 @@ def predict_tags(
     return out  # type: ignore[return-value]
 
 
+def keyed_settings(settings: dict) -> dict:
+    """``settings`` as a cache key sees them: ``fast_dropout="auto"`` is the default, keyed as if not passed
+    (its masks are another draw of the same distribution, like ``TrainSettings.micro_batch: auto``)."""
+    return {k: v for k, v in settings.items() if not (k == "fast_dropout" and v == "auto")}
+
+
 def train_and_predict_cached(model_dir, train_tokens: Sequence[Sequence[str]], train_tags: Sequence[Sequence[str]],
                              eval_tokens: Sequence[Sequence[str]], *, max_length: int = 128,
                              **settings) -> tuple[list[list[str]], dict]:
@@ -435,7 +467,7 @@ def train_and_predict_cached(model_dir, train_tokens: Sequence[Sequence[str]], t
 
     payload = {"encoder": models.resolve_model(str(model_dir)).fingerprint, "train_tokens": list(map(list, train_tokens)),
                "train_tags": list(map(list, train_tags)), "eval_tokens": list(map(list, eval_tokens)),
-               "max_length": max_length, "settings": settings, "kind": "token-classifier"}
+               "max_length": max_length, "settings": keyed_settings(settings), "kind": "token-classifier"}
 
     fresh = []
 

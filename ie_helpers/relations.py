@@ -60,17 +60,18 @@ def pair_examples(items: Sequence[dict], allowed, in_text_order: bool = False
 def train_pair_classifier(model_dir, texts: Sequence[str], labels: Sequence[str], *, method: str = "lora",
                           lr: float = 5e-4, epochs: float = 3, batch_size: int = 16, seed: int = 0,
                           max_length: int = 128, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1,
-                          min_steps: int = 0):
+                          min_steps: int = 0, fast_dropout: bool | str = "auto"):
     """Fine-tune ``model_dir`` as a sequence classifier over marked pairs (LoRA on query/key/value/dense, or
-    every weight). AdamW, linear warm-up (10%) and decay, grad-norm clip 1.0. Returns (model, tokenizer,
-    classes, info)."""
+    every weight). AdamW, linear warm-up (10%) and decay, grad-norm clip 1.0; dropout masks as
+    ``encoder.resolve_fast_dropout`` decides. Returns (model, tokenizer, classes, info)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ie_helpers.encoder import _default_targets, _quiet_transformers
+    from ie_helpers.encoder import _default_targets, _quiet_transformers, resolve_fast_dropout, swap_dropouts
 
     if method not in ("lora", "full"):
         raise IEError(f"method={method!r}; use 'lora' or 'full'")
+    resolve_fast_dropout(fast_dropout, "cpu")
     if not texts:
         raise IEError("no candidate entity pairs to train the relation classifier on; use more training sentences")
     classes = sorted(set(labels) | {NONE_LABEL})
@@ -86,6 +87,7 @@ def train_pair_classifier(model_dir, texts: Sequence[str], labels: Sequence[str]
 
             model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_r, lora_alpha=lora_alpha,
                                                      lora_dropout=lora_dropout, target_modules=_default_targets(model)))
+    dropouts_swapped = swap_dropouts(model, fast_dropout, "cpu")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     y = torch.tensor([classes.index(c) for c in labels])
@@ -128,7 +130,8 @@ def train_pair_classifier(model_dir, texts: Sequence[str], labels: Sequence[str]
         losses.append(batch_loss)
     info = {"train_seconds": time.perf_counter() - t0, "n_steps": steps, "n_trainable_params": int(trainable),
             "n_total_params": int(total), "train_tokens": n_tokens, "final_loss": losses[-1] if losses else None,
-            "lr": lr, "method": method, "processes": world, "grad_norms": grad_norms}
+            "lr": lr, "method": method, "processes": world, "grad_norms": grad_norms,
+            "dropouts_swapped": dropouts_swapped}
     return model, tokenizer, classes, info
 
 
@@ -150,9 +153,11 @@ def pair_classifier_cached(model_dir, train_texts, train_labels, eval_texts, **s
     """:func:`train_pair_classifier` then :func:`predict_pairs`, stored on disk (a rerun trains nothing); the
     info carries the first run's timings and its peak resident memory."""
     from ie_helpers import generate, machine, models
+    from ie_helpers.encoder import keyed_settings
 
     payload = {"kind": "clinical-pair-classifier", "encoder": models.resolve_model(str(model_dir)).fingerprint,
-               "train": [list(train_texts), list(train_labels)], "eval": list(eval_texts), "settings": settings}
+               "train": [list(train_texts), list(train_labels)], "eval": list(eval_texts),
+               "settings": keyed_settings(settings)}
     fresh = []
 
     def compute():

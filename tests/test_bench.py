@@ -52,6 +52,14 @@ def test_quick_bench_writes_complete_report(tmp_path):
     enc = report["encoder"]
     assert enc["fast"]["tokens"] == enc["baseline"]["tokens"] > 0 and enc["steps"] == 3
     assert report["encoder_speedup"] == pytest.approx(enc["fast"]["tokens_per_s"] / enc["baseline"]["tokens_per_s"])
+    # the notebooks' path resolves fast_dropout for this CPU; a third run flips it to measure the lever alone
+    from ie_helpers.encoder import resolve_fast_dropout
+
+    lever = enc["fast_dropout_lever"]
+    assert enc["fast"]["fast_dropout"] is resolve_fast_dropout("auto", "cpu") is (enc["fast"]["dropouts_swapped"] > 0)
+    assert lever["fast_dropout"] is not enc["fast"]["fast_dropout"] and lever["tokens"] == enc["fast"]["tokens"]
+    on, off = (lever, enc["fast"]) if lever["fast_dropout"] else (enc["fast"], lever)
+    assert lever["fast_dropout_gain"] == pytest.approx(on["tokens_per_s"] / off["tokens_per_s"])
     assert all(0.05 < v < 200 for v in report["peak_rss_gb"].values())
     # batched fp32 decoding is exact: every output equals the one-at-a-time output
     if report["greedy_match_dtype"] == "fp32":
@@ -131,3 +139,23 @@ def test_a_capped_baseline_times_only_the_steps_it_ran():
     assert capped["capped"] and capped["steps"] == BASELINE_MIN_STEPS and capped["planned_steps"] == 4
     assert 0 < capped["tokens"] == capped["logged_num_tokens"] < full["tokens"]
     assert capped["tokens_per_s"] == pytest.approx(capped["tokens"] / capped["seconds"])
+
+
+@pytest.mark.slow
+def test_a_capped_unbatched_pass_checks_and_times_only_the_prompts_it_ran():
+    """Past --unbatched-max-s the one-at-a-time pass stops after UNBATCHED_MIN_PROMPTS prompts of its seeded draw:
+    its rate and the greedy match are over those prompts, and the report says it was cut."""
+    from ie_helpers.bench import generation_prompts, training_records
+    from ie_helpers.bench_decoder import UNBATCHED_MIN_PROMPTS, _gen_pair, unbatched_sample
+    from ie_helpers.train import load_for_inference
+
+    _, _, labels = training_records(8)
+    prompts, _ = generation_prompts(8, labels)
+    model, tokenizer, _ = load_for_inference("tiny-random-llama")
+    full = _gen_pair(model, model, tokenizer, prompts, 6, unbatched=6)
+    capped = _gen_pair(model, model, tokenizer, prompts, 6, unbatched=6, unbatched_max_s=1e-9)
+    assert full["unbatched_prompts"] == unbatched_sample(8, 6) and not full["unbatched_capped"]
+    assert capped["unbatched_prompts"] == unbatched_sample(8, 6)[:UNBATCHED_MIN_PROMPTS]
+    assert capped["unbatched_capped"] and capped["unbatched_planned"] == 6
+    assert capped["baseline_tokens_per_s"] == pytest.approx(capped["baseline_new_tokens"] / capped["baseline_seconds"])
+    assert capped["match_rate"] == 1.0 and full["match_rate"] == 1.0  # fp32: batching changes no output

@@ -352,6 +352,9 @@ def test_the_pair_classifier_trains_predicts_and_is_cached():
     pred, info = relations.pair_classifier_cached(path, texts, labels, texts, **settings)
     assert len(pred) == len(texts) and set(pred) <= {"Adverse-Effect", clinical.NONE_LABEL}
     assert not info["cached"] and info["n_steps"] == 1 and 0 < info["n_trainable_params"] < info["n_total_params"]
+    from ie_helpers.encoder import resolve_fast_dropout  # fast_dropout="auto": MaskDropout where the CPU lacks bf16
+
+    assert (info["dropouts_swapped"] > 0) is resolve_fast_dropout("auto", "cpu")
     again, info2 = relations.pair_classifier_cached(path, texts, labels, texts, **settings)
     assert again == pred and info2["cached"] and info2["train_seconds"] == info["train_seconds"]
 

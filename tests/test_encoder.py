@@ -194,7 +194,7 @@ def test_train_and_predict_is_cached_on_disk():
 
 
 def test_fast_dropout_swaps_every_dropout_and_trains(data):
-    """``fast_dropout`` (opt-in) gives every dropout module with p > 0 MaskDropout's masks, LoRA's and the
+    """``fast_dropout=True`` gives every dropout module with p > 0 MaskDropout's masks, LoRA's and the
     encoder's own; training still learns (loss falls on the same few sentences) and eval output is unchanged."""
     import torch
 
@@ -208,3 +208,30 @@ def test_fast_dropout_swaps_every_dropout_and_trains(data):
     assert all(torch.isfinite(torch.tensor(info["losses"]))) and info["losses"][-1] < info["losses"][0]
     pred = predict_tags(model, tok, toks[:5], labels)
     assert [len(p) for p in pred] == [len(t) for t in toks[:5]]
+
+
+def test_fast_dropout_auto_follows_the_cpu_and_keeps_cache_keys(monkeypatch, data, tmp_path):
+    """``fast_dropout="auto"`` swaps the dropouts only on a CPU without native bf16 (never on a GPU); a bad value
+    is refused in one line before any model loads; and ``"auto"`` is keyed as if it were not passed, so cached
+    runs of the committed reports keep their keys, while a forced value gets its own key."""
+    from ie_helpers import cpu_speed, encoder, generate
+
+    for native, expect in ((True, False), (False, True)):
+        monkeypatch.setattr(cpu_speed, "cpu_has_native_bf16", lambda native=native: native)
+        assert encoder.resolve_fast_dropout("auto", "cpu") is expect
+        assert encoder.resolve_fast_dropout("auto", "cuda:0") is False
+        assert encoder.resolve_fast_dropout(True, "cpu") is True and encoder.resolve_fast_dropout(False, "cpu") is False
+    monkeypatch.setattr(cpu_speed, "cpu_has_native_bf16", lambda: False)
+    toks, tags = data
+    _, _, _, info = train_token_classifier(offline_encoder_dir(), toks[:4], tags[:4], batch_size=4, epochs=1)
+    assert info["fast_dropout"] is True and info["dropouts_swapped"] > 0
+    with pytest.raises(IEError, match="fast_dropout='yes'; use True, False or 'auto'"):
+        train_token_classifier("/nonexistent/model", toks[:4], tags[:4], fast_dropout="yes")
+
+    payloads = []
+    monkeypatch.setattr(generate, "cached", lambda payload, compute: payloads.append(payload) or
+                        {"tags": [], "info": {}})
+    for extra in ({}, {"fast_dropout": "auto"}, {"fast_dropout": True}):
+        encoder.train_and_predict_cached(offline_encoder_dir(), toks[:4], tags[:4], toks[:2], seed=0, **extra)
+    keys = [json.dumps(p, sort_keys=True, default=str) for p in payloads]
+    assert keys[0] == keys[1] != keys[2]

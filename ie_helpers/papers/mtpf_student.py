@@ -111,6 +111,7 @@ def pre_finetune(model_dir, variant_name: str, corpus: Sequence[dict], pseudo: S
     model, head, tok = build_student(model_dir, variant, settings["n_clusters"], settings["lora"])
     model.to(device)
     head.to(device)
+    dropouts_swapped = encoder.swap_dropouts(model, settings.get("fast_dropout", "auto"), device)
     targets = list(model.adapter_targets)
     labels = [[f"c{c}" for c in seq] for seq in pseudo]
     label2id = {f"c{c}": c for c in range(settings["n_clusters"])}
@@ -165,7 +166,8 @@ def pre_finetune(model_dir, variant_name: str, corpus: Sequence[dict], pseudo: S
     if distributed.is_main():
         for family in DOWNSTREAM[variant_name]:
             save_backbone(model, tok, family, out_dir / family)
-    return {"log": log, "targets": targets, "grad_norms": grad_norms, "processes": world}
+    return {"log": log, "targets": targets, "grad_norms": grad_norms, "processes": world,
+            "dropouts_swapped": dropouts_swapped}
 
 
 def _to(batch: dict, device: str) -> dict:
@@ -251,7 +253,8 @@ def pre_finetuned_backbones(model_dir, variant_name: str, corpus, pseudo, pairs,
     from ie_helpers.models import resolve_model
 
     payload = {"backbone": resolve_model(str(model_dir)).fingerprint, "variant": variant_name,
-               "settings": settings, "corpus": [s["tokens"] for s in corpus], "pseudo": [list(map(int, p)) for p in pseudo],
+               "settings": encoder.keyed_settings(settings), "corpus": [s["tokens"] for s in corpus],
+               "pseudo": [list(map(int, p)) for p in pseudo],
                "pairs": [list(p) for p in pairs], "revision": 2}
     key = payload_key(payload)
     root = cache / f"{variant_name}-{key}"
