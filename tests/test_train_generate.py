@@ -243,6 +243,31 @@ def test_onednn_packed_model_matches_stock_model():
     assert torch.allclose(stock, packed, atol=1e-4, rtol=1e-4)
 
 
+def test_mkl_packed_layers_compute_the_stock_products_and_follow_the_cpu(monkeypatch):
+    """An MKL-packed layer gives the stock layer's output for as many rows as its pack, for fewer (zero-padded)
+    and for more (the stock path); the packing is MKL on Intel and oneDNN on other CPUs; a bad name is refused."""
+    import torch
+
+    from ie_helpers import cpu_speed
+
+    if not (torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")):
+        pytest.skip("torch built without MKL")
+    lin = torch.nn.Linear(64, 96)
+    packed = cpu_speed.mkl_linear_class()(lin)
+    packed.pack(16)
+    assert packed.weight is lin.weight  # shared: a tied head stays tied
+    with torch.inference_mode():
+        for n in (1, 5, 16, 40):
+            x = torch.randn(2, n, 64)
+            assert torch.allclose(packed(x), lin(x), atol=1e-5, rtol=1e-5)
+    onednn = "onednn" if torch.backends.mkldnn.is_available() else "none"
+    for vendor, expect in (("GenuineIntel", "mkl"), ("AuthenticAMD", onednn)):
+        monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert cpu_speed.decoder_linear_packing() == expect
+    with pytest.raises(IEError, match="packing='fast'; use 'mkl', 'onednn' or 'none'"):
+        cpu_speed.pack_decoder_linear_layers(torch.nn.Sequential(lin), "fast")
+
+
 def test_shared_prefix_length_leaves_every_row_a_token():
     from ie_helpers.generate import shared_prefix_length
 
