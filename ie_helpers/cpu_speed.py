@@ -25,21 +25,22 @@ import torch
 from ie_helpers.errors import IEError
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo_lines(field: str) -> list[str]:
+    """The values of ``field`` in ``/proc/cpuinfo`` (one per core), or none where it is unreadable."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+        return []
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == field]
+
+
+def _cpu_flags() -> set[str]:
+    return {flag for value in _cpuinfo_lines("flags") for flag in value.split()}
 
 
 def cpu_vendor() -> str:
     """``/proc/cpuinfo``'s ``vendor_id`` (``GenuineIntel``, ``AuthenticAMD``), or ``""`` where unreadable."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+    return next(iter(_cpuinfo_lines("vendor_id")), "")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -480,11 +481,14 @@ def pack_decoder_linear_layers(model, packing: str | None = None) -> int:
         raise IEError(f"packing={packing!r}; use 'mkl', 'onednn' or 'none'")
     if packing == "onednn":
         return pack_linear_layers(model)
-    from torch import nn
-
     if packing == "none" or next(model.parameters()).device.type != "cpu":
         return 0
-    cls = mkl_linear_class()
+    return _swap_fp32_linears(model, mkl_linear_class())
+
+
+def _swap_fp32_linears(model, cls) -> int:
+    from torch import nn
+
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if type(child) is nn.Linear and child.weight.dtype == torch.float32]
     for parent, name, child in targets:
@@ -514,14 +518,7 @@ def pack_linear_layers(model) -> int:
 
     A no-op (0) on GPU, for non-fp32 weights, or where torch was built without oneDNN.
     """
-    from torch import nn
-
     if not torch.backends.mkldnn.is_available() or next(model.parameters()).device.type != "cpu":
         return 0
-    cls = onednn_linear_class()
     model.ie_parameter_count = parameter_count(model)  # packed weights become buffers: count them before
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.Linear and child.weight.dtype == torch.float32]
-    for parent, name, child in targets:
-        setattr(parent, name, cls(child))
-    return len(targets)
+    return _swap_fp32_linears(model, onednn_linear_class())
