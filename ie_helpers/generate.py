@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ie_helpers.cpu_speed import reuse_freed_heap_memory, set_packed_rows
+from ie_helpers.cpu_packing import set_packed_rows
+from ie_helpers.cpu_speed import reuse_freed_heap_memory
 from ie_helpers.errors import IEError
 
 # Bumped when batched decoding can give different tokens than before (2: sliding-window models no longer

@@ -142,12 +142,12 @@ def content_cosine(preds: Sequence[Any], refs: Sequence[Any], encoder: Any, batc
 def load_sentence_encoder(model_dir_or_name: str, *, onednn: bool = True) -> Any:
     """A CPU `SentenceTransformer` from a local folder (or a cached hub name).
 
-    Its linear layers are packed for oneDNN (``cpu_speed.pack_linear_layers``) unless ``onednn=False``:
+    Its linear layers are packed for oneDNN (``cpu_packing.pack_linear_layers``) unless ``onednn=False``:
     ~1.5x faster embedding on CPUs where the default fp32 BLAS is slow, embeddings equal to ~1e-6.
     """
     from sentence_transformers import SentenceTransformer  # slow import, only when needed
 
-    from ie_helpers.cpu_speed import pack_linear_layers
+    from ie_helpers.cpu_packing import pack_linear_layers
 
     try:
         encoder = SentenceTransformer(str(model_dir_or_name), device="cpu")

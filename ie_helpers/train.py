@@ -381,10 +381,10 @@ def load_for_inference(model_name: str, result: TrainResult | None = None, *, dt
                        onednn: bool = True):
     """Base model, with the run's adapter (or its snapshot at optimizer step ``snapshot``) merged in.
 
-    On CPU in fp32 the linear layers are then packed (``cpu_speed.pack_decoder_linear_layers``: MKL's packed
+    On CPU in fp32 the linear layers are then packed (``cpu_packing.pack_decoder_linear_layers``: MKL's packed
     GEMM on Intel, oneDNN elsewhere) unless ``onednn=False``; the packed model is for inference only.
     """
-    from ie_helpers.cpu_speed import pack_decoder_linear_layers
+    from ie_helpers.cpu_packing import pack_decoder_linear_layers
 
     if dtype is None:
         dtype = inference_dtype()

@@ -256,7 +256,7 @@ MUTATIONS = [
              "ie_helpers/bench_decoder.py",
              "        if unbatched_max_s and n >= UNBATCHED_MIN_PROMPTS and single_stats.seconds > unbatched_max_s:",
              "        if unbatched_max_s and single_stats.seconds > unbatched_max_s:", ("tests/test_bench.py",)),
-    Mutation("protocol", "an MKL-packed layer keeps the zero rows it padded with", "ie_helpers/cpu_speed.py",
+    Mutation("protocol", "an MKL-packed layer keeps the zero rows it padded with", "ie_helpers/cpu_packing.py",
              "self.packed, self.weight, self.bias, self.rows)[:n]", "self.packed, self.weight, self.bias, self.rows)",
              ("tests/test_generation_identity.py", "tests/test_train_generate.py")),
     Mutation("protocol", "generate never packs MKL layers for its batch size", "ie_helpers/generate.py",

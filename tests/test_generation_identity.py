@@ -12,7 +12,7 @@ import importlib.util
 import pytest
 import torch
 
-from ie_helpers import cpu_speed
+from ie_helpers import cpu_packing
 from ie_helpers import generate as gen
 
 VOCAB = 300
@@ -124,7 +124,7 @@ def test_onednn_packed_model_decodes_like_the_stock_model(model, reference):
         pytest.skip("torch built without oneDNN")
     rows, unused, free, _, _ = reference
     packed = copy.deepcopy(model)
-    assert cpu_speed.pack_linear_layers(packed) == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
+    assert cpu_packing.pack_linear_layers(packed) == sum(type(m) is torch.nn.Linear for m in model.modules()) > 0
     with torch.inference_mode():
         assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0) == free
 
@@ -140,8 +140,8 @@ def test_mkl_packed_model_decodes_like_the_stock_model(model, reference, extra_r
     rows, unused, free, _, _ = reference
     packed = copy.deepcopy(model)
     n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
-    assert cpu_speed.pack_decoder_linear_layers(packed, "mkl") == n_linear > 0
-    assert cpu_speed.set_packed_rows(packed, len(rows) + extra_rows) == n_linear
+    assert cpu_packing.pack_decoder_linear_layers(packed, "mkl") == n_linear > 0
+    assert cpu_packing.set_packed_rows(packed, len(rows) + extra_rows) == n_linear
     assert all(m.packed is not None for m in packed.modules() if type(m).__name__ == "MklPackedLinear")
     with torch.inference_mode():
         assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0) == free
@@ -174,7 +174,7 @@ def test_generate_end_to_end_equals_unbatched_strings():
         assert batched == single
         assert stats.n_prompts == len(prompts) and 0 < stats.new_tokens <= 10 * len(prompts)
     if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):  # Intel's decoding path, packed per batch
-        cpu_speed.pack_decoder_linear_layers(model, "mkl")
+        cpu_packing.pack_decoder_linear_layers(model, "mkl")
         for batch_size in (2, 5):
             assert gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, progress=False) == single
             assert {m.rows for m in model.modules() if type(m).__name__ == "MklPackedLinear"} == {batch_size}

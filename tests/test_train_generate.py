@@ -227,7 +227,7 @@ def test_heap_reuse_keeps_freed_memory_resident():
 def test_onednn_packed_model_matches_stock_model():
     import torch
 
-    from ie_helpers.cpu_speed import pack_linear_layers
+    from ie_helpers.cpu_packing import pack_linear_layers
     from ie_helpers.models import load_causal_lm
 
     if not torch.backends.mkldnn.is_available():
@@ -248,12 +248,12 @@ def test_mkl_packed_layers_compute_the_stock_products_and_follow_the_cpu(monkeyp
     and for more (the stock path); the packing is MKL on Intel and oneDNN on other CPUs; a bad name is refused."""
     import torch
 
-    from ie_helpers import cpu_speed
+    from ie_helpers import cpu_packing, cpu_speed
 
     if not (torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")):
         pytest.skip("torch built without MKL")
     lin = torch.nn.Linear(64, 96)
-    packed = cpu_speed.mkl_linear_class()(lin)
+    packed = cpu_packing.mkl_linear_class()(lin)
     packed.pack(16)
     assert packed.weight is lin.weight  # shared: a tied head stays tied
     with torch.inference_mode():
@@ -263,9 +263,9 @@ def test_mkl_packed_layers_compute_the_stock_products_and_follow_the_cpu(monkeyp
     onednn = "onednn" if torch.backends.mkldnn.is_available() else "none"
     for vendor, expect in (("GenuineIntel", "mkl"), ("AuthenticAMD", onednn)):
         monkeypatch.setattr(cpu_speed, "cpu_vendor", lambda vendor=vendor: vendor)
-        assert cpu_speed.decoder_linear_packing() == expect
+        assert cpu_packing.decoder_linear_packing() == expect
     with pytest.raises(IEError, match="packing='fast'; use 'mkl', 'onednn' or 'none'"):
-        cpu_speed.pack_decoder_linear_layers(torch.nn.Sequential(lin), "fast")
+        cpu_packing.pack_decoder_linear_layers(torch.nn.Sequential(lin), "fast")
 
 
 def test_shared_prefix_length_leaves_every_row_a_token():
