@@ -47,7 +47,7 @@ from ie_helpers.machine import (PeakMemory,  # noqa: F401 - tests read it here
                                 device_info, flops_model, measured_matmul_flops, model_dims, peak_flops)
 from ie_helpers.models import REPO_ROOT
 
-DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 8, "gen_prompts": 48, "unbatched_prompts": 10,
+DEFAULTS = {"model": "smollm2-135m-instruct", "steps": 6, "gen_prompts": 48, "unbatched_prompts": 10,
             "max_new_tokens": 128, "encoder_steps": 24, "baseline_max_s": 150.0, "unbatched_max_s": 45.0}
 QUICK = {"model": "tiny-random-llama", "steps": 3, "gen_prompts": 6, "unbatched_prompts": 6, "max_new_tokens": 16,
          "encoder_steps": 3, "baseline_max_s": 0.0, "unbatched_max_s": 0.0}

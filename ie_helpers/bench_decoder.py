@@ -227,7 +227,10 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, un
     one-at-a-time pass stops once it has spent that long (after at least ``UNBATCHED_MIN_PROMPTS`` prompts)."""
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
-    for m in (model, baseline_model):  # warm-up (packs MKL-packed layers for the measured batch size)
+    from ie_helpers.cpu_packing import set_packed_rows
+
+    for m in (model, baseline_model):  # warm-up; a first pack for the batch faults in the memory later packs reuse
+        set_packed_rows(m, GEN_BATCH_SIZE)
         generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=GEN_BATCH_SIZE, progress=False)
     batched_stats, single_stats = GenerationStats(), GenerationStats()
     batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,

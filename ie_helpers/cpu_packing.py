@@ -43,10 +43,11 @@ def mkl_linear_class():
 
     MKL's fp32 GEMM re-packs the weight at every call, which costs about as much as the product itself at a
     decode step's few rows: at 48 rows SmolLM2's layers ran 1.3-2.3x faster packed once (see the README). A
-    pack fits one row count, so an input of fewer rows is padded with zero rows up to it (each output row is
-    its own row's product), and one of more rows (a prefill chunk) takes the stock path, ``F.linear``, where
-    packing pays for itself. Unpacked (``rows`` None) the layer is the stock one. Inference only. The pack adds
-    one copy of the weight."""
+    pack fits one row count (``greedy_batch`` re-packs when finished rows leave the batch), so an input of
+    fewer rows is copied into a ``rows``-row buffer kept by the layer (each output row is its own row's
+    product; the rows past the input are ignored), and one of more rows (a prefill chunk) takes the stock
+    path, ``F.linear``, where packing pays for itself. Unpacked (``rows`` None) the layer is the stock one.
+    Inference only. The pack adds one copy of the weight."""
     from torch import nn
 
     class MklPackedLinear(nn.Module):
@@ -55,12 +56,12 @@ def mkl_linear_class():
             self.in_features, self.out_features = linear.in_features, linear.out_features
             self.weight, self.bias = linear.weight, linear.bias  # shared, not copied (a tied LM head stays tied)
             self.rows: int | None = None
-            self.packed = None
+            self.packed = self.padded = None
 
         def pack(self, rows: int | None) -> None:
             if rows == self.rows:
                 return
-            self.rows, self.packed = rows, None
+            self.rows, self.packed, self.padded = rows, None, None
             if rows:
                 self.packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
 
@@ -70,8 +71,11 @@ def mkl_linear_class():
             if self.packed is None or n > self.rows:
                 y = nn.functional.linear(flat, self.weight, self.bias)
             else:
-                if n < self.rows:
-                    flat = torch.cat([flat, flat.new_zeros(self.rows - n, self.in_features)])
+                if n < self.rows:  # reused: no allocation or zero-fill per call
+                    if self.padded is None or self.padded.dtype != flat.dtype:
+                        self.padded = flat.new_zeros(self.rows, self.in_features)
+                    self.padded[:n].copy_(flat)
+                    flat = self.padded
                 y = torch.ops.mkl._mkl_linear(flat.contiguous(), self.packed, self.weight, self.bias, self.rows)[:n]
             return y.reshape(*lead, self.out_features)
 

@@ -14,6 +14,7 @@ import torch
 
 from ie_helpers import cpu_packing
 from ie_helpers import generate as gen
+from ie_helpers import kv_cache
 
 VOCAB = 300
 MAX_NEW = 14
@@ -91,15 +92,107 @@ def reference(model):
     return rows, unused, free, stop, stopped
 
 
+COMPACTION = {"eager": 0, "never": 10**9}  # COMPACTION_ROW_STEPS: rows leave once two have finished / never
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 8])
 @pytest.mark.parametrize("reuse_prefix", [True, False])
-def test_batched_greedy_equals_stock_generate(model, reference, chunk, reuse_prefix):
+@pytest.mark.parametrize("compaction", sorted(COMPACTION))
+def test_batched_greedy_equals_stock_generate(model, reference, chunk, reuse_prefix, compaction, monkeypatch):
     rows, unused, free, stop, stopped = reference
+    monkeypatch.setattr(gen, "COMPACTION_ROW_STEPS", COMPACTION[compaction])
     with torch.inference_mode():
         assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[unused], pad_id=0,
                                 reuse_prefix=reuse_prefix, prefill_chunk=chunk) == free
         assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0,
                                 reuse_prefix=reuse_prefix, prefill_chunk=chunk) == stopped
+
+
+def test_compaction_waits_for_an_eighth_of_the_batch_and_enough_steps_left():
+    assert gen.COMPACTION_ROW_STEPS == 64
+    assert not gen.compaction_pays(5, 48, 1000)  # fewer than an eighth of 48 rows
+    assert gen.compaction_pays(6, 48, 11) and not gen.compaction_pays(6, 48, 10)  # 66 vs 60 row-steps
+    assert gen.compaction_pays(2, 7, 32) and not gen.compaction_pays(2, 7, 31)
+    assert not gen.compaction_pays(1, 2, 1000) and not gen.compaction_pays(0, 7, 1000)
+
+
+@pytest.mark.parametrize("compaction", sorted(COMPACTION))
+def test_finished_rows_leave_in_groups_and_mkl_layers_follow(model, reference, compaction, monkeypatch):
+    """Decode steps run on the rows left after each compaction (none without one), and MKL-packed layers are
+    re-packed for that many rows; the tokens stay the stock model's."""
+    import copy
+
+    rows, _, _, stop, stopped = reference
+    monkeypatch.setattr(gen, "COMPACTION_ROW_STEPS", COMPACTION[compaction])
+    mkl = torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear")
+    packed = copy.deepcopy(model)
+    if mkl:
+        cpu_packing.pack_decoder_linear_layers(packed, "mkl")
+    steps, packs = [], []
+    forward, pack = gen._forward, gen.set_packed_rows
+    monkeypatch.setattr(gen, "_forward", lambda m, ids, *a: (steps.append(ids.shape[0]) if ids.shape[1] == 1
+                                                             else None, forward(m, ids, *a))[1])
+    monkeypatch.setattr(gen, "set_packed_rows", lambda m, r: (packs.append(r), pack(m, r))[1])
+    with torch.inference_mode():
+        assert gen.greedy_batch(packed, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0) == stopped
+    assert steps == sorted(steps, reverse=True)
+    smaller = sorted({n for n in steps if n < len(rows)}, reverse=True)  # one per compaction
+    assert packs == [len(rows)] + smaller
+    if compaction == "never":
+        assert set(steps) == {len(rows)}
+    else:  # rows left, at least two at a time
+        assert len(packs) >= 2 and all(a - b >= 2 for a, b in zip(packs, packs[1:])), packs
+    if mkl:
+        assert {m.rows for m in packed.modules() if type(m).__name__ == "MklPackedLinear"} == {packs[-1]}
+
+
+@pytest.mark.parametrize("shared", [0, 5])
+def test_decode_attention_on_transposed_keys_equals_sdpa(shared):
+    """One query token per row, grouped heads, a padded gap after a shared prefix: the decode attention over keys
+    stored transposed gives SDPA's output; keys laid out as usual go to SDPA itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    g = torch.Generator().manual_seed(3)
+    batch, heads, kv_heads, dim, length = 4, 6, 2, 8, 17
+    module = torch.nn.Module().eval()
+    module.num_key_value_groups = heads // kv_heads
+    query = torch.randn(batch, heads, 1, dim, generator=g)
+    keys = torch.randn(batch, kv_heads, length, dim, generator=g)
+    values = torch.randn(batch, kv_heads, length, dim, generator=g)
+    keys[:, :, :shared], values[:, :, :shared] = keys[:1, :, :shared], values[:1, :, :shared]  # one prefix for all
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[1:, :, :, shared:shared + 4] = False  # left padding after the prefix, wider for shorter rows
+    mask[3, :, :, shared + 4:shared + 7] = False
+    expected, _ = sdpa_attention_forward(module, query, keys, values, mask, scaling=0.3)
+    stored = keys.transpose(-1, -2).contiguous().transpose(-1, -2)  # the cache's layout: [.., dim, length] in memory
+    model = _FakeModel()
+    with kv_cache.decoding_attention(model, True, shared_prefix=shared):
+        got, _ = kv_cache.decode_attention(module, query, stored, values, mask, scaling=0.3)
+        assert model.config._attn_implementation == kv_cache.DECODE_ATTENTION
+        usual, _ = kv_cache.decode_attention(module, query, keys, values, mask, scaling=0.3)
+    assert model.config._attn_implementation == "sdpa"
+    assert got.shape == expected.shape == (batch, 1, heads, dim)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(usual, expected)
+
+
+class _FakeModel:  # what ``decoding_attention`` touches: the attention setting of a config
+    def __init__(self):
+        self.config = type("Config", (), {"_attn_implementation": "sdpa"})()
+
+
+def test_decode_steps_take_the_transposed_key_attention_on_cpu(model, reference, monkeypatch):
+    rows, _, _, stop, stopped = reference
+    calls = []
+    real = kv_cache._grouped_decode_attention
+    monkeypatch.setattr(kv_cache, "_grouped_decode_attention", lambda *a: (calls.append(a[-1]), real(*a))[1])
+    assert kv_cache.decode_attention_applies(model)
+    with torch.inference_mode():
+        assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0) == stopped
+    assert model.config._attn_implementation == "sdpa"
+    steps = max(len(o) for o in stopped) - (max(len(o) for o in stopped) == MAX_NEW)
+    assert len(calls) == steps * model.config.num_hidden_layers
+    assert set(calls) == {gen.shared_prefix_length(rows) if not gen.uses_sliding_window(model) else 0}
 
 
 def test_prefix_is_really_shared_for_full_attention_only(model, reference):
@@ -113,7 +206,7 @@ def test_one_new_token_and_a_tight_kv_buffer(model, reference, monkeypatch):
     rows, unused, free, stop, stopped = reference
     with torch.inference_mode():
         assert gen.greedy_batch(model, rows, max_new_tokens=1, stops=[unused], pad_id=0) == [o[:1] for o in free]
-        monkeypatch.setattr(gen, "CACHE_SPARE_COLUMNS", 1)  # the KV buffer is regrown (copied) at almost every step
+        monkeypatch.setattr(kv_cache, "CACHE_SPARE_COLUMNS", 1)  # KV buffers regrow (are copied) at almost every step
         assert gen.greedy_batch(model, rows, max_new_tokens=MAX_NEW, stops=[stop], pad_id=0, prefill_chunk=2) == stopped
 
 
@@ -175,9 +268,10 @@ def test_generate_end_to_end_equals_unbatched_strings():
         assert stats.n_prompts == len(prompts) and 0 < stats.new_tokens <= 10 * len(prompts)
     if torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_linear"):  # Intel's decoding path, packed per batch
         cpu_packing.pack_decoder_linear_layers(model, "mkl")
-        for batch_size in (2, 5):
+        for batch_size in (2, 5):  # batches of 2, 2, 1 / 5: the last one leaves its row count packed
             assert gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, progress=False) == single
-            assert {m.rows for m in model.modules() if type(m).__name__ == "MklPackedLinear"} == {batch_size}
+            last = len(prompts) % batch_size or batch_size
+            assert {m.rows for m in model.modules() if type(m).__name__ == "MklPackedLinear"} == {last}
 
 
 def test_generate_flags_answers_cut_at_the_cap(monkeypatch):
