@@ -3,7 +3,7 @@
 Prompts are sorted by length; in each batch the prefix all rows share is computed once, the rows'
 own suffixes are prefilled a few at a time (each chunk padded only to its own longest row) and laid
 out left-padded after the prefix so every row's last prompt token sits at the same position, the KV
-cache grows in place, and each row leaves the batch at its end-of-turn marker. Outputs come back in
+cache grows in place, and rows that reached their end-of-turn marker leave the batch in groups. Outputs come back in
 the caller's order. ``generate_unbatched`` (stock ``model.generate``, one prompt at a time) is the
 reference the batched path is checked against: the tokens are identical, for sliding-window models
 too (they skip prefix sharing, whose padding would sit inside the window).
