@@ -14,7 +14,8 @@ One process, one run, four measurements:
    Both sides train exactly one epoch over ``steps × batch`` records, so both process the same non-padding
    tokens (TRL's own count, ``count_tokens``) and tokens/s are comparable, unless the baseline is capped
    (``--baseline-max-s``: where TRL's defaults are very slow, as bf16 autocast on a CPU without bf16 units, it
-   stops after the first steps past that many seconds and its rate is over the tokens of the steps it ran).
+   stops once its next step would end past that many seconds, after at least one step, and its rate is over the
+   tokens of the steps it ran).
 2. **Generation.** ``generate.generate`` (batched, length-sorted, on the model as ``load_for_inference``
    returns it: fp32 with packed linear layers on CPU, MKL's on Intel and oneDNN's elsewhere, bf16 on GPU) against
    ``generate_unbatched`` on the stock model in the same dtype, on a seeded random subset of the same CoNLL04 test NER prompts (its
@@ -189,10 +190,12 @@ def run(args: argparse.Namespace) -> dict:
         "Both sides run through train.train_sft; the baseline sets frozen_weights=fp32.",
         "tokens/s = non-padding tokens (prompt + completion, TRL's tokenization) of the one epoch over "
         "steps × batch records that both runs make, over trainer.train() wall time; both sides count the same "
-        "tokens" + (f" (but the baseline: it passed --baseline-max-s {args.baseline_max_s:g} s and stopped after "
-                    f"{base['steps']} of {base['planned_steps']} steps, so its rate is TRL's logged count of the "
-                    f"{base['tokens']} non-padding tokens of its first {base['steps']} random batches over their time, "
-                    "and its mean loss is over those steps)" if base.get("capped") else "")
+        "tokens" + (f" (but the baseline: its next step would have ended past --baseline-max-s "
+                    f"{args.baseline_max_s:g} s, so it stopped after "
+                    f"{base['steps']} of {base['planned_steps']} steps; its rate is TRL's logged count of the "
+                    f"{base['tokens']} non-padding tokens of its first {base['steps']} random "
+                    f"batch{'es' if base['steps'] != 1 else ''} over their time, and its mean loss is over "
+                    f"{'those steps' if base['steps'] != 1 else 'that step'})" if base.get("capped") else "")
         + ". Each training run is a fresh Python process, so its peak resident memory is its own and glibc "
         "heap reuse (process-wide once on) reaches no other run; the baseline runs first, so the page cache is "
         "warmed at its cost.",
@@ -339,8 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the optional fp32 greedy-match check when it would end the run past this many "
                         "seconds (default 540: `make bench` stays under 10 minutes)")
     p.add_argument("--baseline-max-s", type=float,
-                   help="stop the TRL-defaults baseline (and --levers runs) at the first step ending past this many "
-                        "seconds of training, after at least 2 steps; its rate is then over the steps it ran "
+                   help="stop the TRL-defaults baseline (and --levers runs) once its next step would end past this "
+                        "many seconds of training, after at least one step; its rate is then over the steps it ran "
                         f"(default {DEFAULTS['baseline_max_s']:g}; 0 = always the whole epoch)")
     p.add_argument("--unbatched-max-s", type=float,
                    help="stop the one-at-a-time generation pass once it has spent this many seconds, after at least "

@@ -14,7 +14,8 @@ from ie_helpers.machine import PeakMemory
 
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 48
-BASELINE_MIN_STEPS = 2  # a capped baseline still runs this many steps: its rate is never one batch's
+BASELINE_MIN_STEPS = 1  # a capped baseline still runs one step: on a CPU without bf16 units one step of TRL's
+# bf16 autocast took 120-175 s, so a second step alone would take the bench past its 10 minutes
 UNBATCHED_MIN_PROMPTS = 4  # a capped one-at-a-time pass still decodes this many prompts (its greedy-match check)
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
@@ -95,8 +96,14 @@ def lever_list(fast, baseline, fast_weights: str) -> list[tuple[str, str, dict, 
     return levers
 
 
+def next_step_overruns(steps_done: int, elapsed: float, max_seconds: float) -> bool:
+    """Would one more step, at the mean pace of the steps done, end past ``max_seconds``?"""
+    return elapsed * (steps_done + 1) / steps_done > max_seconds
+
+
 def _stop_after_callback(max_seconds: float, min_steps: int):
-    """A TrainerCallback that ends training at the first step end past ``max_seconds`` (after ``min_steps``)."""
+    """A TrainerCallback that ends training once the next step would end past ``max_seconds`` (after
+    ``min_steps``): a capped run takes at most ``max_seconds``, or its first steps where those alone take longer."""
     from transformers import TrainerCallback
 
     class StopAfter(TrainerCallback):
@@ -104,7 +111,8 @@ def _stop_after_callback(max_seconds: float, min_steps: int):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= min_steps and time.perf_counter() - self.start > max_seconds:
+            steps = state.global_step
+            if steps >= min_steps and next_step_overruns(steps, time.perf_counter() - self.start, max_seconds):
                 control.should_training_stop = True
 
     return StopAfter()
@@ -114,7 +122,7 @@ def _train_one(model_name: str, records: list[dict], settings, precision: str, w
                max_seconds: float | None = None) -> dict:
     """One training run with its own peak memory; meant to run in a fresh process (``_in_fresh_process``).
 
-    With ``max_seconds`` the run stops at the first step that ends past it (at least ``BASELINE_MIN_STEPS``
+    With ``max_seconds`` the run stops once its next step would end past it (after at least ``BASELINE_MIN_STEPS``
     steps); its rate is then TRL's logged count of the non-padding tokens of the steps it ran over their time."""
     from ie_helpers.train import train_sft
 
@@ -152,8 +160,8 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
                    baseline_max_s: float | None = None) -> dict:
     """The fast path against plain TRL defaults, each one epoch over ``records`` in a fresh process.
 
-    ``baseline_max_s`` stops the baseline (and each lever run) at the first step that ends past it: where TRL's
-    defaults are very slow (bf16 autocast on a CPU without bf16 units took 108 s a step) a full epoch would
+    ``baseline_max_s`` stops the baseline (and each lever run) once its next step would end past it: where TRL's
+    defaults are very slow (bf16 autocast on a CPU without bf16 units took 108-175 s a step) a full epoch would
     take the bench past its 10 minutes; the rate then comes from the first steps of its random batch order."""
     from ie_helpers.train import TrainSettings, resolve_precision
 
@@ -224,7 +232,10 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, un
     """Batched decoding of every prompt against one-at-a-time decoding of ``unbatched`` of them (all if None):
     one-at-a-time decoding costs the same per token whichever prompts it runs, so a random subset measures its
     rate at a fraction of the time; the greedy match is checked on that subset. With ``unbatched_max_s`` the
-    one-at-a-time pass stops once it has spent that long (after at least ``UNBATCHED_MIN_PROMPTS`` prompts)."""
+    one-at-a-time pass stops once it has spent that long (after at least ``UNBATCHED_MIN_PROMPTS`` prompts).
+
+    The one-at-a-time pass brackets the batched one (its first prompts before it, the rest after), so a drift in
+    a shared host's speed during the run moves both rates alike instead of the ratio."""
     from ie_helpers.generate import GenerationStats, generate, generate_unbatched
 
     from ie_helpers.cpu_packing import set_packed_rows
@@ -233,15 +244,21 @@ def _gen_pair(model, baseline_model, tokenizer, prompts, max_new_tokens: int, un
         set_packed_rows(m, GEN_BATCH_SIZE)
         generate(m, tokenizer, prompts[:2], max_new_tokens=4, batch_size=GEN_BATCH_SIZE, progress=False)
     batched_stats, single_stats = GenerationStats(), GenerationStats()
-    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
-                       progress=False, stats=batched_stats)
     drawn = unbatched_sample(len(prompts), unbatched)
     single: list[str] = []
-    for n, i in enumerate(drawn):
-        if unbatched_max_s and n >= UNBATCHED_MIN_PROMPTS and single_stats.seconds > unbatched_max_s:
-            break
-        single += generate_unbatched(baseline_model, tokenizer, [prompts[i]], max_new_tokens=max_new_tokens,
-                                     stats=single_stats)
+
+    def one_at_a_time(indices: list[int]) -> None:
+        for i in indices:
+            if unbatched_max_s and len(single) >= UNBATCHED_MIN_PROMPTS and single_stats.seconds > unbatched_max_s:
+                return
+            single.extend(generate_unbatched(baseline_model, tokenizer, [prompts[i]], max_new_tokens=max_new_tokens,
+                                             stats=single_stats))
+
+    lead = drawn[:UNBATCHED_MIN_PROMPTS // 2]
+    one_at_a_time(lead)
+    batched = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=GEN_BATCH_SIZE,
+                       progress=False, stats=batched_stats)
+    one_at_a_time(drawn[len(lead):])
     chosen = drawn[:len(single)]
     batched = [batched[i] for i in chosen]
     matches = [a == b for a, b in zip(batched, single)]

@@ -120,9 +120,17 @@ def test_each_training_path_runs_in_a_fresh_process():
     assert _in_fresh_process(os.getpid) != os.getpid()
 
 
+def test_a_capped_run_stops_before_the_step_that_would_overrun():
+    from ie_helpers.bench_decoder import next_step_overruns
+
+    assert not next_step_overruns(1, 40.0, 100.0)  # a second step would end at ~80 s
+    assert next_step_overruns(1, 60.0, 100.0)  # ~120 s: stop now, although 60 s is inside the cap
+    assert next_step_overruns(3, 80.0, 100.0) and not next_step_overruns(4, 79.0, 100.0)
+
+
 @pytest.mark.slow
 def test_a_capped_baseline_times_only_the_steps_it_ran():
-    """Past --baseline-max-s the baseline stops after BASELINE_MIN_STEPS steps; its rate is the tokens TRL logged
+    """When even one step passes --baseline-max-s the baseline stops after BASELINE_MIN_STEPS; its rate is the tokens TRL logged
     for those steps over their time, not the whole epoch's tokens."""
     import dataclasses
 
@@ -139,6 +147,26 @@ def test_a_capped_baseline_times_only_the_steps_it_ran():
     assert capped["capped"] and capped["steps"] == BASELINE_MIN_STEPS and capped["planned_steps"] == 4
     assert 0 < capped["tokens"] == capped["logged_num_tokens"] < full["tokens"]
     assert capped["tokens_per_s"] == pytest.approx(capped["tokens"] / capped["seconds"])
+
+
+def test_the_one_at_a_time_pass_brackets_the_batched_one(monkeypatch):
+    """Host speed drifts over minutes: half the one-at-a-time minimum runs before the batched pass, the rest after."""
+    import ie_helpers.cpu_packing as cpu_packing
+    import ie_helpers.generate as generate
+    from ie_helpers.bench_decoder import UNBATCHED_MIN_PROMPTS, _gen_pair, unbatched_sample
+
+    calls = []
+    monkeypatch.setattr(cpu_packing, "set_packed_rows", lambda model, rows: None)
+    monkeypatch.setattr(generate, "generate", lambda model, tok, prompts, **kw: (
+        calls.append(("batched", len(prompts))) if kw.get("stats") is not None else None) or ["x"] * len(prompts))
+    monkeypatch.setattr(generate, "generate_unbatched", lambda model, tok, prompts, **kw: (
+        calls.append(("single", prompts[0]))) or ["x"])
+    prompts = [f"p{i}" for i in range(12)]
+    out = _gen_pair(None, None, None, prompts, 4, unbatched=6)
+    lead = UNBATCHED_MIN_PROMPTS // 2
+    assert lead >= 1 and calls[lead] == ("batched", 12)
+    assert [c for c in calls if c[0] == "single"] == [("single", prompts[i]) for i in unbatched_sample(12, 6)]
+    assert out["unbatched_prompts"] == unbatched_sample(12, 6) and out["match_rate"] == 1.0
 
 
 @pytest.mark.slow
