@@ -15,7 +15,7 @@ from ie_helpers.machine import PeakMemory
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 48
 BASELINE_MIN_STEPS = 1  # a capped baseline still runs one step: on a CPU without bf16 units one step of TRL's
-# bf16 autocast took 120-175 s, so a second step alone would take the bench past its 10 minutes
+# bf16 autocast took 108-200 s, so a second step alone would take the bench past its 10 minutes
 UNBATCHED_MIN_PROMPTS = 4  # a capped one-at-a-time pass still decodes this many prompts (its greedy-match check)
 MATCH_RATE_LOW = 0.9  # below this (in bf16) the fp32 match rate is measured too
 FP32_CHECK_PROMPTS = 16  # prompts used for that fp32 check (it costs two more generation passes)
@@ -161,7 +161,7 @@ def bench_training(model_name: str, records: list[dict], steps: int, *, levers: 
     """The fast path against plain TRL defaults, each one epoch over ``records`` in a fresh process.
 
     ``baseline_max_s`` stops the baseline (and each lever run) once its next step would end past it: where TRL's
-    defaults are very slow (bf16 autocast on a CPU without bf16 units took 108-175 s a step) a full epoch would
+    defaults are very slow (bf16 autocast on a CPU without bf16 units took 108-200 s a step) a full epoch would
     take the bench past its 10 minutes; the rate then comes from the first steps of its random batch order."""
     from ie_helpers.train import TrainSettings, resolve_precision
 
