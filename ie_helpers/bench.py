@@ -205,6 +205,8 @@ def run(args: argparse.Namespace) -> dict:
         f"at a time on the stock model ({len(gen['unbatched_prompts'])} of them in a seeded random draw"
         + (f", the first {len(gen['unbatched_prompts'])} of {gen['unbatched_planned']} drawn: --unbatched-max-s "
            f"{args.unbatched_max_s:g} s stopped the pass" if gen.get("unbatched_capped") else "")
+        + f"; the first {UNBATCHED_MIN_PROMPTS // 2} before the batched pass and the rest after it, so a drift in "
+        "the host's speed moves both rates alike"
         + ": one-at-a-time decoding costs the same per token whichever prompts it runs, and all of them would take "
         "~7 minutes on 2 cores). "
         f"greedy_match_rate compares the two outputs of those prompts, in {gen['dtype']}; "
